@@ -1,0 +1,3 @@
+"""Benchmarks for Pigeon, run with ``make bench`` (never part of the test suite)."""
+
+print("no benchmarks yet")
