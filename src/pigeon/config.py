@@ -44,6 +44,8 @@ from pydantic import (
     model_validator,
 )
 
+from pigeon.mail.address import AddressError, parse_mailbox
+
 __all__ = [
     "CONFIG_ENV_VAR",
     "AliasSettings",
@@ -450,12 +452,17 @@ class MailboxSettings(_Section):
     @field_validator("address")
     @classmethod
     def _check_address(cls, value: str) -> str:
-        local, sep, domain = value.strip().rpartition("@")
-        if not sep or not local or not domain:
+        text = value.strip()
+        local, sep, domain = text.rpartition("@")
+        if not sep or not domain:
             raise ValueError("expected a mailbox \"local-part@domain\"")
-        if any(ch.isspace() for ch in local) or not local.isprintable():
-            raise ValueError("the local-part has spaces or control characters")
-        return f"{local}@{to_a_labels(domain)}"
+        if not local:  # "@domain": a catch-all for the domain
+            return f"@{to_a_labels(domain)}"
+        try:
+            mailbox = parse_mailbox(text, smtputf8=True)
+        except AddressError as exc:
+            raise ValueError(f"not a valid mailbox: {exc.reply.text}") from None
+        return str(mailbox)
 
     @property
     def domain(self) -> str:

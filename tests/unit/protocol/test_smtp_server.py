@@ -177,6 +177,8 @@ def test_invalid_utf8_and_nul_in_commands() -> None:
         (b"MAIL FROM:<alice@example.org> SIZE=123456789012345678901234\r\n", 501),
         (b"MAIL FROM:<alice@example.org> SIZE\r\n", 501),
         (b"MAIL FROM:<alice@example.org> SIZE=1 SIZE=2\r\n", 501),
+        (b"MAIL FROM:<alice@example.org> SIZE=1 SIZE=1\r\n", 250),
+        (b"MAIL FROM:<alice@example.org> SMTPUTF8 SMTPUTF8\r\n", 250),
         (b"MAIL FROM:<alice@example.org> SMTPUTF8=yes\r\n", 501),
         (b"MAIL FROM:<alice@example.org> RET=ALL\r\n", 501),
         (b"MAIL FROM:<alice@example.org> AUTH=<>\r\n", 555),  # AUTH not offered here

@@ -96,7 +96,7 @@ def encode_xtext(text: str) -> str:
 
 def _split(params: str) -> list[tuple[str, str | None]]:
     out: list[tuple[str, str | None]] = []
-    seen: set[str] = set()
+    seen: dict[str, str | None] = {}
     for item in params.split():
         key, eq, value = item.partition("=")
         if not _KEYWORD.match(key):
@@ -104,10 +104,15 @@ def _split(params: str) -> list[tuple[str, str | None]]:
         if eq and not _VALUE.match(value):
             raise _bad(f"Malformed value for parameter {key.upper()}")
         ukey = key.upper()
+        val = value if eq else None
         if ukey in seen:
-            raise _bad(f"Parameter {ukey} given twice")
-        seen.add(ukey)
-        out.append((ukey, value if eq else None))
+            # The same parameter repeated with the same value (Python's smtplib does this
+            # with SMTPUTF8) is harmless; two different values are a contradiction.
+            if seen[ukey] == val:
+                continue
+            raise _bad(f"Parameter {ukey} given twice with different values")
+        seen[ukey] = val
+        out.append((ukey, val))
     return out
 
 

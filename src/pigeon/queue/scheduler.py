@@ -1,0 +1,458 @@
+"""The queue scheduler: when to try each recipient again, and the delivery passes.
+
+Theory of operation
+-------------------
+The index is the source of truth; wake-ups are only hints. A *pass* reads which messages
+have recipients due (``queued``/``deferred`` with ``next_attempt_at <= now``) and starts
+one delivery task per message, at most ``delivery_concurrency`` at a time. A task:
+
+1. reads the message and its due recipients;
+2. records the attempt *before* making it (``attempts + 1`` and ``next_attempt_at`` pushed
+   out by the backoff), so a crash during the attempt can never cause a hot retry loop
+   (RFC 5321 §4.5.4.1: retries at intervals, never in a tight loop);
+3. hands the recipients to the delivery agent of their route (``local``/``remote``);
+4. stores each result: 2xx → ``delivered``; 5xx → ``failed``; 4xx → ``deferred`` until the
+   pushed-out time, or ``expired`` (``4.4.7``) once the message is ``max_lifetime`` old
+   (RFC 5321 §4.5.4.1: give up after 4-5 days);
+5. sends ONE DSN (RFC 3464) for all events of this pass that need one (failed, expired,
+   delayed after ``delay_warning``, delivered when NOTIFY=SUCCESS), from the null
+   reverse-path to the message's reverse-path, never about a DSN or to ``<>``
+   (RFC 3461 §6.2, RFC 5321 §6.1);
+6. removes the message (index rows, then spool file) once every recipient is final.
+
+Backoff: the n-th retry comes ``retry_min · 2^(n-1)`` seconds after the attempt before it
+started, capped at ``retry_max``: with the defaults 300, 600, 1200, 2400, 4000, 4000, ...
+
+Events waiting for their DSN are stored with the recipient (``dsn_action``), so a crash
+between an attempt and its DSN loses no DSN (it may send one twice, never none).
+Recipients of the ``remote`` route, while no remote agent is configured, are deferred with
+``4.4.0`` and never expire.
+
+The background loop (:meth:`Scheduler.run`) sleeps until the next due time, until
+:meth:`Scheduler.wake`, or at most :data:`POLL_INTERVAL` seconds: that bound is how changes
+made by the ``pigeon queue`` tools in ``queue.db`` (flush, retry, release, bounce) are
+noticed while the server runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any
+
+from pigeon.delivery.base import DeliveryAgent
+from pigeon.queue.model import FINAL_STATES, AttemptResult, QueuedMessage, QueuedRecipient
+from pigeon.storage.ports import CorruptEntryError, DsnAction, QueueStore, RecipientUpdate
+
+__all__ = [
+    "POLL_INTERVAL",
+    "REMOTE_UNAVAILABLE",
+    "RetryPolicy",
+    "Scheduler",
+    "expired_result",
+    "outcome",
+]
+
+log = logging.getLogger("pigeon.queue.scheduler")
+
+# Seconds between two reads of the index when nothing woke the scheduler: the delay after
+# which a `pigeon queue flush/retry/release/bounce` run in another process takes effect.
+POLL_INTERVAL = 2.0
+# The most queue ids one test/CLI pass (run_due_once) picks up.
+_PASS_LIMIT = 100_000
+# 2**62 seconds is far beyond any retry_max; bounding the exponent avoids float overflow.
+_MAX_DOUBLINGS = 62
+
+REMOTE_UNAVAILABLE = AttemptResult("deferred", 451, "4.4.0", "remote delivery not available yet")
+_AGENT_ERROR = AttemptResult("deferred", 451, "4.3.0", "local error in processing")
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """When to try again and when to give up (RFC 5321 §4.5.4.1).
+
+    Attributes:
+        retry_min: seconds before the first retry.
+        retry_max: the longest wait between two attempts, seconds.
+        max_lifetime: seconds after arrival after which a deferred recipient expires.
+        delay_warning: seconds after arrival after which a still-deferred recipient gets a
+            "delayed" DSN; 0 turns delay DSNs off.
+    """
+
+    retry_min: float = 300.0
+    retry_max: float = 4000.0
+    max_lifetime: float = 5 * 86400.0
+    delay_warning: float = 4 * 3600.0
+
+    @classmethod
+    def from_settings(cls, queue_settings: Any) -> RetryPolicy:
+        """Build from ``settings.queue``."""
+        return cls(
+            retry_min=float(queue_settings.retry_min),
+            retry_max=float(queue_settings.retry_max),
+            max_lifetime=float(queue_settings.max_lifetime),
+            delay_warning=float(queue_settings.delay_warning),
+        )
+
+    def delay(self, attempt: int) -> float:
+        """Seconds from the start of attempt number ``attempt`` (1 = first) to the next one.
+
+        Args:
+            attempt: the attempt being started, counting from 1.
+
+        Returns:
+            ``min(retry_min · 2^(attempt-1), retry_max)``.
+        """
+        doublings = min(max(attempt - 1, 0), _MAX_DOUBLINGS)
+        return min(self.retry_min * float(1 << doublings), self.retry_max)
+
+    def is_expired(self, arrival: float, now: float) -> bool:
+        """True when a message that arrived at ``arrival`` is too old to retry at ``now``."""
+        return now - arrival >= self.max_lifetime
+
+    def wants_delay_warning(self, arrival: float, now: float) -> bool:
+        """True when a deferred recipient should get its "delayed" DSN at ``now``."""
+        return self.delay_warning > 0 and now - arrival >= self.delay_warning
+
+
+def expired_result(last: AttemptResult) -> AttemptResult:
+    """The result stored when a recipient expires (RFC 3463 4.4.7, delivery time expired).
+
+    Args:
+        last: the last temporary failure.
+
+    Returns:
+        A ``failed`` result with enhanced status ``4.4.7`` that keeps the last reply's code,
+        remote host and text for the DSN's diagnostic.
+    """
+    code = last.code if 400 <= last.code < 500 else 451
+    return AttemptResult(
+        "failed",
+        code,
+        "4.4.7",
+        f"delivery time expired; last error: {last.enhanced} {last.text}".rstrip(),
+        last.remote_host,
+    )
+
+
+def outcome(
+    message: QueuedMessage,
+    recipient: QueuedRecipient,
+    result: AttemptResult,
+    *,
+    now: float,
+    policy: RetryPolicy,
+    notify: Callable[[QueuedRecipient, DsnAction], bool],
+    may_expire: bool = True,
+) -> RecipientUpdate:
+    """Decide a recipient's new state from one attempt's result.
+
+    Args:
+        message: the message (its arrival time decides expiry and delay warnings).
+        recipient: the recipient as it was when the attempt started.
+        result: the delivery agent's result.
+        now: Unix time the attempt ended, seconds.
+        policy: the retry policy.
+        notify: whether an event of this kind needs a DSN for this recipient (NOTIFY,
+            null reverse-path and DSN-about-a-DSN rules).
+        may_expire: False for recipients deferred for our own reasons (no remote agent).
+
+    Returns:
+        The update to store.
+    """
+    if result.status == "delivered":
+        action: DsnAction | None = "delivered" if notify(recipient, "delivered") else None
+        return RecipientUpdate(recipient.id, "delivered", result, dsn_action=action)
+    if result.status == "failed":
+        action = "failed" if notify(recipient, "failed") else None
+        return RecipientUpdate(recipient.id, "failed", result, dsn_action=action)
+    if may_expire and policy.is_expired(message.arrival, now):
+        action = "failed" if notify(recipient, "failed") else None
+        return RecipientUpdate(recipient.id, "expired", expired_result(result), dsn_action=action)
+    if (may_expire and not recipient.delay_notified
+            and policy.wants_delay_warning(message.arrival, now)):
+        action = "delayed" if notify(recipient, "delayed") else None
+        return RecipientUpdate(
+            recipient.id, "deferred", result, delay_notified=True, dsn_action=action
+        )
+    return RecipientUpdate(recipient.id, "deferred", result)
+
+
+def _dsn_module() -> ModuleType:
+    # Imported when first needed: DSN generation is a separate module (STYLE.md §14).
+    return importlib.import_module("pigeon.queue.dsn")
+
+
+class Scheduler:
+    """Runs delivery passes over a :class:`~pigeon.storage.ports.QueueStore`.
+
+    Args:
+        store: the queue index.
+        agents: delivery agents by route (``"local"``, ``"remote"``).
+        policy: the retry policy.
+        clock: returns Unix time in seconds.
+        concurrency: the most messages being delivered at once.
+        hostname: this server's name (the DSN's Reporting-MTA).
+        send_dsn: queues a DSN's content for a message; returns its queue id, or None when
+            the message's reverse-path cannot receive one.
+        discard_spool: removes a finished message's spool file.
+        quarantine: moves an unusable entry aside (queue id, reason).
+
+    Attributes:
+        dsns_sent: DSNs queued by this scheduler.
+    """
+
+    def __init__(
+        self,
+        *,
+        store: QueueStore,
+        agents: Mapping[str, DeliveryAgent],
+        policy: RetryPolicy,
+        clock: Callable[[], float],
+        concurrency: int,
+        hostname: str,
+        send_dsn: Callable[[QueuedMessage, bytes], Awaitable[str | None]],
+        discard_spool: Callable[[str], object],
+        quarantine: Callable[[str, str], object],
+    ) -> None:
+        self.store = store
+        self.agents = dict(agents)
+        self.policy = policy
+        self.clock = clock
+        self.concurrency = max(1, concurrency)
+        self.hostname = hostname
+        self.dsns_sent = 0
+        self._send_dsn = send_dsn
+        self._discard_spool = discard_spool
+        self._quarantine = quarantine
+        self._slots = asyncio.Semaphore(self.concurrency)
+        self._wake = asyncio.Event()
+        self.in_flight: dict[str, asyncio.Task[int]] = {}
+
+    # -- entry points ------------------------------------------------------------------------
+
+    def wake(self) -> None:
+        """Ask the background loop for a pass now (a hint; the index is the truth)."""
+        self._wake.set()
+
+    async def run_due_once(self) -> int:
+        """Run one complete pass: pending DSNs, then every due message, to completion.
+
+        Meant for tests and tools, while :meth:`run` is not running.
+
+        Returns:
+            The number of recipient delivery attempts made.
+        """
+        await self._process_events()
+        ids = await asyncio.to_thread(self.store.due, self.clock(), _PASS_LIMIT)
+        tasks = [self._spawn(queue_id) for queue_id in ids if queue_id not in self.in_flight]
+        counts = await asyncio.gather(*tasks)
+        return sum(counts)
+
+    async def run(self) -> None:
+        """The background loop; runs until cancelled."""
+        while True:
+            try:
+                await self._process_events()
+                blocked = await self._dispatch()
+                if blocked:
+                    timeout = POLL_INTERVAL
+                else:
+                    next_due = await asyncio.to_thread(self.store.next_due_at)
+                    timeout = POLL_INTERVAL
+                    if next_due is not None:
+                        timeout = min(POLL_INTERVAL, max(0.0, next_due - self.clock()))
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("queue scheduler pass failed")
+                timeout = POLL_INTERVAL
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout)
+            except TimeoutError:
+                pass
+            self._wake.clear()
+
+    async def drain(self, timeout: float) -> None:
+        """Wait for the delivery tasks in flight, at most ``timeout`` seconds, then cancel them.
+
+        A cancelled attempt is retried after a restart at the time recorded when it began.
+        """
+        tasks = list(self.in_flight.values())
+        if not tasks:
+            return
+        _, pending = await asyncio.wait(tasks, timeout=timeout)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    # -- passes --------------------------------------------------------------------------------
+
+    async def _dispatch(self) -> bool:
+        """Start tasks for due messages while slots are free; True if due work had to wait."""
+        free = self.concurrency - len(self.in_flight)
+        if free <= 0:
+            return True
+        ids = await asyncio.to_thread(
+            self.store.due, self.clock(), free + len(self.in_flight)
+        )
+        fresh = [queue_id for queue_id in ids if queue_id not in self.in_flight]
+        for queue_id in fresh[:free]:
+            self._spawn(queue_id)
+        return len(fresh) > free or len(fresh) < len(ids)
+
+    def _spawn(self, queue_id: str) -> asyncio.Task[int]:
+        task = asyncio.create_task(self._attempt_guarded(queue_id), name=f"deliver {queue_id}")
+        self.in_flight[queue_id] = task
+
+        def done(_: asyncio.Task[int]) -> None:
+            if self.in_flight.get(queue_id) is task:
+                del self.in_flight[queue_id]
+            self._wake.set()
+
+        task.add_done_callback(done)
+        return task
+
+    async def _attempt_guarded(self, queue_id: str) -> int:
+        try:
+            async with self._slots:
+                return await self._attempt(queue_id)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("%s: delivery task failed", queue_id)
+            return 0
+
+    async def _attempt(self, queue_id: str) -> int:
+        message = await self._load(queue_id)
+        if message is None:
+            return 0
+        now = self.clock()
+        due = [
+            r for r in message.recipients
+            if r.state in ("queued", "deferred") and r.next_attempt_at <= now
+        ]
+        if not due:
+            return 0
+        if not await asyncio.to_thread(message.spool_path.is_file):
+            await asyncio.to_thread(self._quarantine, queue_id, "spool file missing")
+            return 0
+        claims = [(r.id, now + self.policy.delay(r.attempts + 1)) for r in due]
+        claimed = set(await asyncio.to_thread(self.store.begin_attempt, claims, now))
+        for r, (_, next_attempt_at) in zip(due, claims, strict=True):
+            if r.id in claimed:
+                r.attempts += 1
+                r.next_attempt_at = next_attempt_at
+        due = [r for r in due if r.id in claimed]
+        if not due:
+            return 0
+        routes: dict[str, list[QueuedRecipient]] = {}
+        for r in due:
+            routes.setdefault(r.route, []).append(r)
+        batches = await asyncio.gather(
+            *(self._deliver(message, route, rs) for route, rs in routes.items())
+        )
+        ended = self.clock()
+        notify = self._notify_predicate(message)
+        updates = [
+            outcome(message, r, result, now=ended, policy=self.policy, notify=notify,
+                    may_expire=may_expire)
+            for batch in batches
+            for r, result, may_expire in batch
+        ]
+        await asyncio.to_thread(self.store.record, updates)
+        for r, result, _ in (item for batch in batches for item in batch):
+            log.info("%s: to=<%s> attempt=%d status=%s (%d %s %s)%s", queue_id, r.address,
+                     r.attempts, result.status, result.code, result.enhanced, result.text,
+                     f" via {result.remote_host}" if result.remote_host else "")
+        await self._finish(queue_id)
+        return len(due)
+
+    async def _deliver(
+        self, message: QueuedMessage, route: str, recipients: list[QueuedRecipient]
+    ) -> list[tuple[QueuedRecipient, AttemptResult, bool]]:
+        agent = self.agents.get(route)
+        if agent is None:
+            return [(r, REMOTE_UNAVAILABLE, False) for r in recipients]
+        try:
+            results = await agent.deliver(message, recipients)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("%s: %s delivery agent failed", message.queue_id, route)
+            results = [_AGENT_ERROR] * len(recipients)
+        if len(results) != len(recipients):
+            log.error("%s: %s delivery agent gave %d results for %d recipients",
+                      message.queue_id, route, len(results), len(recipients))
+            results = [_AGENT_ERROR] * len(recipients)
+        return [(r, result, True) for r, result in zip(recipients, results, strict=True)]
+
+    async def _load(self, queue_id: str) -> QueuedMessage | None:
+        try:
+            return await asyncio.to_thread(self.store.get, queue_id)
+        except CorruptEntryError as exc:
+            await asyncio.to_thread(self._quarantine, queue_id, exc.reason)
+            return None
+
+    # -- DSNs and clean-up -----------------------------------------------------------------------
+
+    @staticmethod
+    def _notify_predicate(
+        message: QueuedMessage,
+    ) -> Callable[[QueuedRecipient, DsnAction], bool]:
+        if not message.reverse_path or message.is_dsn:
+            # RFC 3461 §6.2 / RFC 5321 §6.1: never a DSN to <> or about a DSN.
+            return lambda recipient, action: False
+        should_notify = _dsn_module().should_notify
+        return lambda recipient, action: bool(should_notify(recipient, action))
+
+    async def _process_events(self) -> None:
+        """DSNs left pending (by a crash or `pigeon queue bounce`) and finished messages."""
+        events = await asyncio.to_thread(self.store.pending_events)
+        finished = await asyncio.to_thread(self.store.finished)
+        for queue_id in sorted(set(events) | set(finished)):
+            if queue_id not in self.in_flight:
+                try:
+                    await self._finish(queue_id)
+                except Exception:
+                    log.exception("%s: could not finish the pass", queue_id)
+
+    async def _finish(self, queue_id: str) -> None:
+        """Send the DSN for pending events, then remove the message if it is done."""
+        events = (await asyncio.to_thread(self.store.pending_events, queue_id)).get(queue_id, {})
+        message = await self._load(queue_id)
+        if message is None:
+            return
+        if events:
+            await self._send_events(message, events)
+            await asyncio.to_thread(self.store.clear_events, list(events))
+        if all(r.state in FINAL_STATES for r in message.recipients):
+            await asyncio.to_thread(self.store.delete, queue_id)
+            await asyncio.to_thread(self._discard_spool, queue_id)
+            log.info("%s: removed (all recipients done)", queue_id)
+
+    async def _send_events(self, message: QueuedMessage, events: dict[int, DsnAction]) -> None:
+        notify = self._notify_predicate(message)
+        entries = [
+            (r, events[r.id]) for r in message.recipients
+            if r.id in events and notify(r, events[r.id])
+        ]
+        if not entries:
+            return
+        dsn = _dsn_module()
+        extra: dict[str, float] = {}
+        if any(action == "delayed" for _, action in entries):
+            extra["will_retry_until"] = message.arrival + self.policy.max_lifetime
+        content = await asyncio.to_thread(
+            dsn.build_dsn, message, entries, reporting_mta=self.hostname,
+            arrival_date=message.arrival, now=self.clock(), **extra,
+        )
+        dsn_id = await self._send_dsn(message, content)
+        if dsn_id is not None:
+            self.dsns_sent += 1
+            log.info("%s: DSN %s to <%s> (%s)", message.queue_id, dsn_id, message.reverse_path,
+                     ", ".join(f"{r.address}={action}" for r, action in entries))

@@ -1,0 +1,513 @@
+"""The queue service: the one enqueue choke point, group commit, recovery, the scheduler.
+
+Every message enters here (DESIGN.md "Every message enters through queue.enqueue()"):
+MTA inbound, MSA submission, local tools and the DSNs Pigeon makes itself.
+
+Theory of operation
+-------------------
+*Enqueue.* The caller gets a :class:`SpoolWriter` from :meth:`QueueService.open_spool`,
+writes the Received header and the content into ``spool/tmp/<queue id>``, then calls
+:meth:`QueueService.enqueue`. Enqueue expands each forward-path through the router (aliases,
+subaddresses; one row per final address) and hands the message to the *committer*.
+
+*Group commit.* A single committer task takes every enqueue waiting at that moment as one
+batch and, in a worker thread: fsyncs each spool file, renames each into ``spool/queue/``,
+fsyncs that directory once, and inserts all the batch's rows in ONE SQLite transaction
+(``synchronous=FULL``). Only then are the waiting enqueues answered, so ``250`` after DATA
+means file, directory and index are all on stable storage (RFC 5321 §4.1.1.4, §6.1: the
+server takes responsibility for the message once it says OK). Enqueues arriving while a
+batch is being written form the next batch: concurrent sessions share one fsync batch.
+
+*Recovery* (:meth:`QueueService.start`). The index is the truth. Every non-final recipient
+is resumed at its recorded ``next_attempt_at``. Unusable entries are moved into
+``spool/corrupt/``, never deleted, and logged: leftovers in ``spool/tmp/`` (never
+acknowledged), spool files without an index row, index entries that cannot be read or
+whose spool file is missing or has the wrong size (their rows are saved as JSON).
+
+*Locking.* A data directory's queue is run by one process: :meth:`start` takes an
+exclusive ``flock`` on ``<data_dir>/queue.lock``. The ``pigeon queue`` tools do not take it:
+they change rows in ``queue.db`` inside transactions and the running server notices within
+:data:`~pigeon.queue.scheduler.POLL_INTERVAL` seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import logging
+import os
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pigeon.delivery.base import DeliveryAgent
+from pigeon.mail.address import ForwardPath, ReversePath, parse_mailbox
+from pigeon.mail.envelope import Envelope, MailParams, RcptParams, Recipient
+from pigeon.mail.reply import Reply, ReplyError
+from pigeon.queue.ids import is_queue_id
+from pigeon.queue.model import FINAL_STATES, QueuedMessage, QueuedRecipient
+from pigeon.queue.scheduler import RetryPolicy, Scheduler
+from pigeon.queue.spool import Spool, SpoolWriter
+from pigeon.queue.trace import received_header
+from pigeon.storage.ports import CorruptEntryError, QueueStore
+
+if TYPE_CHECKING:
+    from pigeon.routing.router import Router
+
+__all__ = ["QueueBusyError", "QueueService", "RecoveryReport", "SpoolWriter"]
+
+log = logging.getLogger("pigeon.queue")
+
+QUEUE_WRITE_FAILED = Reply(451, "4.3.0", "Requested action aborted: error in queue storage")
+ROUTING_FAILED = Reply(451, "4.3.0", "Requested action aborted: error in recipient routing")
+# Seconds stop() waits for delivery attempts in flight when settings.timeouts has no
+# shutdown_grace.
+_DEFAULT_SHUTDOWN_GRACE = 30.0
+
+
+class QueueBusyError(RuntimeError):
+    """Another process runs the queue of this data directory."""
+
+
+@dataclass(slots=True)
+class RecoveryReport:
+    """What :meth:`QueueService.start` found in the queue.
+
+    Attributes:
+        messages: messages resumed (with at least one non-final recipient).
+        recipients: non-final recipients resumed.
+        tmp_moved: never-acknowledged files moved from ``spool/tmp`` to ``spool/corrupt``.
+        orphans_moved: spool files without an index row moved to ``spool/corrupt``.
+        corrupt_entries: index entries that could not be read, moved aside.
+        missing_spool: index entries whose spool file was missing or truncated, moved aside.
+        moved: the paths created in ``spool/corrupt``.
+    """
+
+    messages: int = 0
+    recipients: int = 0
+    tmp_moved: int = 0
+    orphans_moved: int = 0
+    corrupt_entries: int = 0
+    missing_spool: int = 0
+    moved: list[Path] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class _Pending:
+    message: QueuedMessage
+    writer: SpoolWriter
+    future: asyncio.Future[None]
+
+
+class QueueService:
+    """The durable store-and-forward queue.
+
+    Args:
+        settings: Pigeon's settings (``server.hostname``, ``server.data_dir``, ``queue.*``).
+        router: decides where each forward-path goes (``Router.expand``).
+        agents: delivery agents by route, ``"local"`` and ``"remote"``; without a remote
+            agent, remote recipients stay deferred (``4.4.0``) and never expire.
+        clock: returns Unix time in seconds (injected so tests drive the retry schedule).
+        store: the queue index (default: SQLite at ``<data_dir>/queue.db``).
+
+    Attributes:
+        spool: the spool directories.
+        commit_batches: group-commit batches written (each: one directory fsync, one
+            index transaction).
+        recovery: what :meth:`start` found, once started.
+    """
+
+    def __init__(
+        self,
+        settings: Any,
+        *,
+        router: Router,
+        agents: Mapping[str, DeliveryAgent],
+        clock: Callable[[], float] = time.time,
+        store: QueueStore | None = None,
+    ) -> None:
+        self.settings = settings
+        self.router = router
+        self.agents = dict(agents)
+        self.clock = clock
+        self.data_dir = Path(settings.server.data_dir)
+        self.spool = Spool(self.data_dir / "spool")
+        self.commit_batches = 0
+        self.recovery: RecoveryReport | None = None
+        self._store = store
+        self._scheduler: Scheduler | None = None
+        self._pending: list[_Pending] = []
+        self._pending_event: asyncio.Event | None = None
+        self._committer: asyncio.Task[None] | None = None
+        self._loop_task: asyncio.Task[None] | None = None
+        self._closing = False
+        self._lock_fd: int | None = None
+
+    # -- life cycle ----------------------------------------------------------------------------
+
+    @property
+    def store(self) -> QueueStore:
+        """The queue index (available after :meth:`start`)."""
+        if self._store is None:
+            raise RuntimeError("the queue service is not started")
+        return self._store
+
+    @property
+    def scheduler(self) -> Scheduler:
+        """The delivery scheduler (available after :meth:`start`)."""
+        if self._scheduler is None:
+            raise RuntimeError("the queue service is not started")
+        return self._scheduler
+
+    async def start(self, *, scheduler: bool = True) -> None:
+        """Open the spool and index, recover, start the committer and the scheduler loop.
+
+        Args:
+            scheduler: start the background delivery loop (tests pass False and drive
+                :meth:`run_due_once` themselves).
+
+        Raises:
+            QueueBusyError: another process runs this data directory's queue.
+        """
+        self.spool.ensure_dirs()
+        self._lock_fd = self._take_lock()
+        try:
+            if self._store is None:
+                self._store = await asyncio.to_thread(self._open_default_store)
+            self.recovery = await asyncio.to_thread(self._recover)
+        except BaseException:
+            self._release_lock()
+            raise
+        report = self.recovery
+        log.info(
+            "queue: resumed %d messages (%d recipients); moved to spool/corrupt: %d tmp, "
+            "%d orphan, %d unreadable, %d without spool file",
+            report.messages, report.recipients, report.tmp_moved, report.orphans_moved,
+            report.corrupt_entries, report.missing_spool,
+        )
+        queue_settings = self.settings.queue
+        self._scheduler = Scheduler(
+            store=self.store,
+            agents=self.agents,
+            policy=RetryPolicy.from_settings(queue_settings),
+            clock=self.clock,
+            concurrency=int(queue_settings.delivery_concurrency),
+            hostname=self.settings.server.hostname,
+            send_dsn=self._send_dsn,
+            discard_spool=self.spool.discard,
+            quarantine=self._quarantine_entry,
+        )
+        self._closing = False
+        self._pending_event = asyncio.Event()
+        self._committer = asyncio.create_task(self._commit_loop(), name="queue committer")
+        if scheduler:
+            self._loop_task = asyncio.create_task(self._scheduler.run(), name="queue scheduler")
+
+    async def stop(self) -> None:
+        """Stop the scheduler, wait (bounded) for attempts in flight, flush enqueues, close."""
+        if self._committer is None:
+            return
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loop_task
+            self._loop_task = None
+        grace = float(getattr(getattr(self.settings, "timeouts", None), "shutdown_grace",
+                              _DEFAULT_SHUTDOWN_GRACE))
+        await self.scheduler.drain(grace)
+        self._closing = True
+        assert self._pending_event is not None
+        self._pending_event.set()
+        await self._committer
+        self._committer = None
+        if self._store is not None:
+            await asyncio.to_thread(self._store.close)
+            self._store = None
+        self._release_lock()
+
+    def _open_default_store(self) -> QueueStore:
+        # The embedded backend; another backend is passed in as `store`.
+        from pigeon.storage.sqlite.queue_store import SqliteQueueStore
+
+        return SqliteQueueStore(self.data_dir / "queue.db", self.spool.queue_dir)
+
+    def _take_lock(self) -> int:
+        fd = os.open(self.data_dir / "queue.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise QueueBusyError(
+                f"the queue in {self.data_dir} is in use by another process"
+            ) from None
+        return fd
+
+    def _release_lock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    # -- enqueue -----------------------------------------------------------------------------
+
+    def open_spool(self) -> SpoolWriter:
+        """Start a message: a new queue id and its file in ``spool/tmp/``.
+
+        The caller writes the Received header (``pigeon.queue.trace``) and the content,
+        then calls :meth:`enqueue`, or :meth:`SpoolWriter.abort`.
+
+        Returns:
+            The writer.
+
+        Raises:
+            OSError: the spool file cannot be created.
+        """
+        return self.spool.open()
+
+    async def enqueue(
+        self, envelope: Envelope, spool: SpoolWriter, *, is_dsn: bool = False
+    ) -> str:
+        """Queue a message durably; returns only once it is on stable storage.
+
+        Args:
+            envelope: the reverse-path, the forward-paths and their parameters.
+            spool: the written message (Received header first, CRLF line endings).
+            is_dsn: the message is a DSN Pigeon made (never answered by another DSN).
+
+        Returns:
+            The queue id.
+
+        Raises:
+            ValueError: the envelope has no recipient (the spool file is removed).
+            ReplyError: routing or storage failed; ``reply`` is a ``451 4.3.0`` to send.
+                The spool file is removed: nothing was acknowledged.
+        """
+        if self._committer is None or self._pending_event is None or self._closing:
+            spool.abort()
+            raise RuntimeError("the queue service is not running")
+        if not envelope.recipients:
+            spool.abort()
+            raise ValueError("an envelope needs at least one forward-path")
+        try:
+            recipients = self._expand(envelope)
+        except Exception:
+            log.exception("%s: routing failed", spool.queue_id)
+            spool.abort()
+            raise ReplyError(ROUTING_FAILED) from None
+        arrival = self.clock()
+        for r in recipients:
+            r.next_attempt_at = arrival
+        params = envelope.mail_params
+        reverse = envelope.reverse_path.mailbox
+        message = QueuedMessage(
+            queue_id=spool.queue_id,
+            reverse_path="" if reverse is None else str(reverse),
+            spool_path=self.spool.path_for(spool.queue_id),
+            size=spool.size,
+            arrival=arrival,
+            body=params.body,
+            smtputf8=params.smtputf8,
+            ret=params.ret,
+            envid=params.envid,
+            client_address=envelope.client_address,
+            client_name=envelope.client_name,
+            authenticated_user=envelope.authenticated_user,
+            is_dsn=is_dsn,
+            recipients=recipients,
+        )
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pending.append(_Pending(message, spool, future))
+        self._pending_event.set()
+        # Shielded: if the caller goes away, the commit still completes consistently.
+        await asyncio.shield(future)
+        log.info("%s: queued from=<%s> size=%d nrcpt=%d%s", message.queue_id,
+                 message.reverse_path, message.size, len(recipients), " (DSN)" if is_dsn else "")
+        self.wake()
+        return message.queue_id
+
+    async def enqueue_bytes(
+        self,
+        envelope: Envelope,
+        content: bytes,
+        *,
+        is_dsn: bool = False,
+        received: bool = True,
+    ) -> str:
+        """Queue a message given whole (DSNs, local tools).
+
+        Args:
+            envelope: the envelope.
+            content: the RFC 5322 message, CRLF line endings.
+            is_dsn: the message is a DSN Pigeon made.
+            received: prepend Pigeon's Received header (RFC 5321 §4.4).
+
+        Returns:
+            The queue id.
+
+        Raises:
+            ValueError: the envelope has no recipient.
+            ReplyError: routing or storage failed (``451 4.3.0``).
+        """
+        writer = self.open_spool()
+        try:
+            if received:
+                writer.write(received_header(envelope, writer.queue_id,
+                                             self.settings.server.hostname,
+                                             timestamp=self.clock()))
+            writer.write(content)
+        except BaseException:
+            writer.abort()
+            raise
+        return await self.enqueue(envelope, writer, is_dsn=is_dsn)
+
+    def wake(self) -> None:
+        """Ask the scheduler for a pass now (after enqueue, or from a tool)."""
+        if self._scheduler is not None:
+            self._scheduler.wake()
+
+    async def run_due_once(self) -> int:
+        """Run one delivery pass to completion (for tests; with ``start(scheduler=False)``).
+
+        Returns:
+            The number of recipient delivery attempts made.
+        """
+        return await self.scheduler.run_due_once()
+
+    def _expand(self, envelope: Envelope) -> list[QueuedRecipient]:
+        """One row per final address (RFC 5321 §3.9: aliases expand to their members)."""
+        rows: dict[str, QueuedRecipient] = {}
+        for recipient in envelope.recipients:
+            address = str(recipient.forward_path.mailbox)
+            for destination in self.router.expand(address):
+                if destination.address in rows:
+                    continue
+                rows[destination.address] = QueuedRecipient(
+                    id=0,
+                    address=destination.address,
+                    original=destination.original,
+                    orcpt=recipient.params.orcpt,
+                    notify=recipient.params.notify,
+                    route=destination.route,
+                )
+        return list(rows.values())
+
+    # -- group commit ----------------------------------------------------------------------------
+
+    async def _commit_loop(self) -> None:
+        assert self._pending_event is not None
+        while True:
+            await self._pending_event.wait()
+            self._pending_event.clear()
+            batch, self._pending = self._pending, []
+            if not batch:
+                if self._closing:
+                    return
+                continue
+            try:
+                errors = await asyncio.to_thread(self._commit_batch, batch)
+            except BaseException as exc:  # the thread itself failed: fail the whole batch
+                log.exception("queue commit failed")
+                errors = [exc] * len(batch)
+            for item, error in zip(batch, errors, strict=True):
+                if item.future.done():
+                    continue
+                if error is None:
+                    item.future.set_result(None)
+                else:
+                    item.future.set_exception(ReplyError(QUEUE_WRITE_FAILED))
+            if self._closing:
+                self._pending_event.set()
+
+    def _commit_batch(self, batch: list[_Pending]) -> list[BaseException | None]:
+        """Group commit, in a worker thread: fsync files, rename, fsync dir, one transaction."""
+        errors = self.spool.commit([item.writer for item in batch])
+        ready = [item.message for item, error in zip(batch, errors, strict=True) if error is None]
+        if ready:
+            try:
+                self.store.insert(ready)
+            except Exception as exc:
+                log.exception("queue index commit failed for %d messages", len(ready))
+                for i, error in enumerate(errors):
+                    if error is None:
+                        self.spool.discard(batch[i].message.queue_id)
+                        errors[i] = exc
+        self.commit_batches += 1
+        return errors
+
+    # -- DSNs ------------------------------------------------------------------------------------
+
+    async def _send_dsn(self, message: QueuedMessage, content: bytes) -> str | None:
+        """Queue a DSN about ``message`` from ``<>`` to its reverse-path (RFC 3461 §6.2)."""
+        try:
+            mailbox = parse_mailbox(message.reverse_path, smtputf8=True)
+        except ReplyError as exc:
+            log.warning("%s: no DSN: reverse-path <%s> unusable: %s", message.queue_id,
+                        message.reverse_path, exc)
+            return None
+        envelope = Envelope(
+            reverse_path=ReversePath(None),
+            mail_params=MailParams(
+                body=None if content.isascii() else "8BITMIME",
+                smtputf8=not message.reverse_path.isascii(),
+            ),
+            recipients=[Recipient(ForwardPath(mailbox), RcptParams(notify=frozenset()))],
+            protocol="local",
+        )
+        return await self.enqueue_bytes(envelope, content, is_dsn=True)
+
+    # -- recovery -------------------------------------------------------------------------------
+
+    def _quarantine_entry(self, queue_id: str, reason: str) -> list[Path]:
+        """Take an index entry out of the queue: save its rows and spool file in corrupt/."""
+        record = {"queue_id": queue_id, "reason": reason, **self.store.raw(queue_id)}
+        if is_queue_id(queue_id):
+            moved = [self.spool.write_record(queue_id, record)]
+            path = self.spool.queue_dir / queue_id
+            if path.is_file() or path.is_symlink():
+                moved.append(self.spool.quarantine(path, reason))
+        else:  # never use a tampered id as a file name
+            moved = [self.spool.write_record("invalid-id", record)]
+        self.store.delete(queue_id)
+        log.warning("%s: taken out of the queue: %s", queue_id, reason)
+        return moved
+
+    def _recover(self) -> RecoveryReport:
+        report = RecoveryReport()
+        for path in self.spool.tmp_paths():
+            report.moved.append(self.spool.quarantine(path, "never acknowledged (left in tmp)"))
+            report.tmp_moved += 1
+        files = set(self.spool.queue_names())
+        for queue_id in self.store.queue_ids():
+            path = self.spool.queue_dir / queue_id
+            try:
+                message = self.store.get(queue_id)
+            except CorruptEntryError as exc:
+                report.moved.extend(self._quarantine_entry(queue_id, exc.reason))
+                report.corrupt_entries += 1
+                files.discard(queue_id)
+                continue
+            if message is None:
+                continue
+            files.discard(queue_id)
+            if not path.is_file():
+                report.moved.extend(self._quarantine_entry(queue_id, "spool file missing"))
+                report.missing_spool += 1
+                continue
+            size = path.stat().st_size
+            if size != message.size:
+                report.moved.extend(self._quarantine_entry(
+                    queue_id, f"spool file has {size} bytes, the index says {message.size}"))
+                report.missing_spool += 1
+                continue
+            active = [r for r in message.recipients if r.state not in FINAL_STATES]
+            if active:
+                report.messages += 1
+                report.recipients += len(active)
+        for name in sorted(files):
+            report.moved.append(
+                self.spool.quarantine(self.spool.queue_dir / name, "no index entry")
+            )
+            report.orphans_moved += 1
+        return report

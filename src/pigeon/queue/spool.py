@@ -1,0 +1,274 @@
+"""The spool: one file per queued message, the content exactly as it will be delivered.
+
+Layout under ``<data_dir>/spool/``:
+
+``tmp/``
+    files being written (a message being received). A file here was never acknowledged.
+``queue/``
+    committed messages, each named by its queue id. A file appears here only after it was
+    fsynced, by an atomic rename from ``tmp/``; the directory is then fsynced, so the name
+    itself is on stable storage (Postfix's "incoming → active" move, mox's ``SyncDir``).
+``corrupt/``
+    entries that could not be used (a leftover in ``tmp/``, a file with no index row, the
+    record of an index row whose file is missing). Nothing is ever deleted from here by
+    Pigeon: an administrator looks and decides.
+
+Theory of operation for one message: :meth:`Spool.open` makes ``tmp/<queue id>`` with
+``O_EXCL`` (mode 0600) and returns a :class:`SpoolWriter`; the caller writes the Received
+header and the content; :meth:`Spool.commit` (for a whole batch of writers at once) fsyncs
+each file, renames each into ``queue/``, then fsyncs ``queue/`` once. Only then may the
+index row be committed and the client told ``250``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import IO, Any
+
+from pigeon.queue.ids import is_queue_id, new_queue_id
+
+__all__ = ["Spool", "SpoolWriter", "fsync_directory"]
+
+log = logging.getLogger("pigeon.queue.spool")
+
+# Writes are buffered in blocks of this many bytes before they reach the file.
+_WRITE_BUFFER = 64 * 1024
+# How many times open() tries a fresh queue id if the name is taken (a clash needs two
+# processes making ids in the same millisecond with the same 15 random bits).
+_OPEN_TRIES = 8
+
+
+def fsync_directory(path: Path) -> None:
+    """Flush a directory's entries (new names, renames) to stable storage.
+
+    Args:
+        path: the directory.
+
+    Raises:
+        OSError: the directory cannot be opened or synced.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class SpoolWriter:
+    """A message being written into ``spool/tmp/``.
+
+    Attributes:
+        queue_id: the queue id the message will have.
+        size: bytes written so far.
+        path: the temporary file.
+    """
+
+    def __init__(self, queue_id: str, path: Path, file: IO[bytes]) -> None:
+        self.queue_id = queue_id
+        self.path = path
+        self.size = 0
+        self._file: IO[bytes] | None = file
+
+    @property
+    def closed(self) -> bool:
+        """True after :meth:`abort` or after the spool committed the file."""
+        return self._file is None
+
+    def write(self, data: bytes) -> None:
+        """Append ``data`` to the message.
+
+        Args:
+            data: the next bytes of content (CRLF line endings, as delivered).
+
+        Raises:
+            ValueError: the writer was already committed or aborted.
+            OSError: the disk refused the write.
+        """
+        if self._file is None:
+            raise ValueError(f"spool file {self.queue_id} is closed")
+        self._file.write(data)
+        self.size += len(data)
+
+    def abort(self) -> None:
+        """Give the message up: close and remove the temporary file. Safe to call twice."""
+        file, self._file = self._file, None
+        if file is not None:
+            try:
+                file.close()
+            except OSError:
+                pass
+        try:
+            self.path.unlink()
+        except FileNotFoundError:
+            pass
+
+    def _sync_and_close(self) -> None:
+        if self._file is None:
+            raise ValueError(f"spool file {self.queue_id} is closed")
+        file = self._file
+        file.flush()
+        os.fsync(file.fileno())
+        file.close()
+        self._file = None
+
+
+class Spool:
+    """The spool directories of one data directory.
+
+    Args:
+        root: the spool directory, ``<data_dir>/spool``.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.tmp_dir = root / "tmp"
+        self.queue_dir = root / "queue"
+        self.corrupt_dir = root / "corrupt"
+
+    def ensure_dirs(self) -> None:
+        """Create the spool directories (mode 0700) when missing."""
+        for path in (self.root, self.tmp_dir, self.queue_dir, self.corrupt_dir):
+            path.mkdir(mode=0o700, parents=True, exist_ok=True)
+
+    def path_for(self, queue_id: str) -> Path:
+        """Return the committed spool file of ``queue_id`` (``spool/queue/<queue id>``).
+
+        Raises:
+            ValueError: ``queue_id`` is not a queue id (guards against path tricks).
+        """
+        if not is_queue_id(queue_id):
+            raise ValueError(f"not a queue id: {queue_id!r}")
+        return self.queue_dir / queue_id
+
+    def open(self) -> SpoolWriter:
+        """Start a new message in ``spool/tmp/`` under a new queue id.
+
+        Returns:
+            The writer; the caller writes the Received header and the content into it.
+
+        Raises:
+            OSError: the file cannot be created.
+        """
+        for _ in range(_OPEN_TRIES):
+            queue_id = new_queue_id()
+            path = self.tmp_dir / queue_id
+            if (self.queue_dir / queue_id).exists():
+                continue
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            except FileExistsError:
+                continue
+            return SpoolWriter(queue_id, path, os.fdopen(fd, "wb", buffering=_WRITE_BUFFER))
+        raise FileExistsError("could not find a free queue id")
+
+    def commit(self, writers: Sequence[SpoolWriter]) -> list[BaseException | None]:
+        """Make a batch of spool files durable: fsync each, rename into ``queue/``, fsync it.
+
+        One directory fsync covers the whole batch (group commit).
+
+        Args:
+            writers: the messages to commit; each is closed afterwards.
+
+        Returns:
+            One entry per writer: None when its file is now durable in ``queue/``, else the
+            error (its temporary file is removed). If the final directory fsync fails, every
+            writer of the batch fails.
+        """
+        errors: list[BaseException | None] = []
+        renamed = False
+        for writer in writers:
+            try:
+                writer._sync_and_close()
+                os.rename(writer.path, self.path_for(writer.queue_id))
+            except (OSError, ValueError) as exc:
+                log.error("spool file %s: %s", writer.queue_id, exc)
+                writer.abort()
+                errors.append(exc)
+            else:
+                renamed = True
+                errors.append(None)
+        if renamed:
+            try:
+                fsync_directory(self.queue_dir)
+            except OSError as exc:
+                log.error("fsync of %s failed: %s", self.queue_dir, exc)
+                for i, writer in enumerate(writers):
+                    if errors[i] is None:
+                        self.discard(writer.queue_id)
+                        errors[i] = exc
+        return errors
+
+    def discard(self, queue_id: str) -> bool:
+        """Remove a committed spool file (a delivered, deleted or never acknowledged message).
+
+        Args:
+            queue_id: the message.
+
+        Returns:
+            True when a file was removed.
+        """
+        try:
+            self.path_for(queue_id).unlink()
+        except FileNotFoundError:
+            return False
+        return True
+
+    def queue_names(self) -> list[str]:
+        """Return the names of all entries in ``queue/``, sorted."""
+        return sorted(entry.name for entry in os.scandir(self.queue_dir))
+
+    def tmp_paths(self) -> list[Path]:
+        """Return all entries in ``tmp/``, sorted."""
+        return sorted(Path(entry.path) for entry in os.scandir(self.tmp_dir))
+
+    def _free_name(self, name: str) -> Path:
+        target = self.corrupt_dir / name
+        n = 1
+        while target.exists():
+            target = self.corrupt_dir / f"{name}.{n}"
+            n += 1
+        return target
+
+    def quarantine(self, path: Path, reason: str) -> Path:
+        """Move an unusable spool entry into ``corrupt/`` (never delete it).
+
+        Args:
+            path: a file in ``tmp/`` or ``queue/``.
+            reason: why, for the log.
+
+        Returns:
+            The new path in ``corrupt/`` (a ``.N`` suffix is added if the name is taken).
+
+        Raises:
+            OSError: the rename failed.
+        """
+        target = self._free_name(path.name)
+        os.rename(path, target)
+        fsync_directory(self.corrupt_dir)
+        fsync_directory(path.parent)
+        log.warning("moved %s to %s: %s", path, target, reason)
+        return target
+
+    def write_record(self, queue_id: str, record: dict[str, Any]) -> Path:
+        """Save an index record that is being taken out of the queue into ``corrupt/``.
+
+        Args:
+            queue_id: the message's queue id (the file is ``corrupt/<queue id>.json``).
+            record: JSON-serialisable data (the raw rows and the reason).
+
+        Returns:
+            The path written.
+        """
+        target = self._free_name(f"{queue_id}.json")
+        data = json.dumps(record, indent=2, sort_keys=True, default=str).encode("utf-8")
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        with os.fdopen(fd, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        fsync_directory(self.corrupt_dir)
+        return target

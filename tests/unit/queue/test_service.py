@@ -1,0 +1,255 @@
+"""QueueService: group commit, durability order, expansion, recovery, locking."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pigeon.mail.reply import Reply, ReplyError
+from pigeon.queue.ids import new_queue_id
+from pigeon.queue.service import QueueBusyError, QueueService
+from pigeon.queue.trace import received_header
+
+from .conftest import (
+    CONTENT,
+    HOST,
+    T0,
+    Clock,
+    Harness,
+    ScriptedAgent,
+    TableRouter,
+    envelope,
+    make_settings,
+)
+
+
+async def test_group_commit_shares_one_transaction(harness: Harness) -> None:
+    store, service = harness.store, harness.service
+    transactions, batches = store.transactions, service.commit_batches
+    writers = []
+    for i in range(20):
+        w = service.open_spool()
+        w.write(b"Subject: %d\r\n\r\nbody\r\n" % i)
+        writers.append(w)
+    ids = await asyncio.gather(*(service.enqueue(envelope(), w) for w in writers))
+    assert store.transactions == transactions + 1
+    assert service.commit_batches == batches + 1
+    assert sorted(ids) == sorted(w.queue_id for w in writers)
+    assert store.queue_ids() == sorted(ids)
+    assert sorted(os.listdir(harness.data_dir / "spool" / "queue")) == sorted(ids)
+    assert os.listdir(harness.data_dir / "spool" / "tmp") == []
+    for queue_id, i in zip(ids, range(20), strict=True):
+        m = store.get(queue_id)
+        assert m.size == len(b"Subject: %d\r\n\r\nbody\r\n" % i)
+        assert m.spool_path.read_bytes() == b"Subject: %d\r\n\r\nbody\r\n" % i
+        assert [(r.address, r.state, r.next_attempt_at) for r in m.recipients] == [
+            ("bob@example.org", "queued", T0)]
+
+
+async def test_enqueues_during_a_commit_form_the_next_batch(harness: Harness) -> None:
+    store = harness.store
+    insert = store.insert
+    started = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    gate = asyncio.Event()
+    batch_sizes: list[int] = []
+
+    def slow_insert(messages: Any) -> None:
+        batch_sizes.append(len(messages))
+        if len(batch_sizes) == 1:
+            loop.call_soon_threadsafe(started.set)
+            asyncio.run_coroutine_threadsafe(gate.wait(), loop).result()
+        insert(messages)
+
+    store.insert = slow_insert
+    first = asyncio.create_task(harness.send())
+    await started.wait()
+    later = [asyncio.create_task(harness.send()) for _ in range(5)]
+    await asyncio.sleep(0)
+    gate.set()
+    await asyncio.gather(first, *later)
+    assert batch_sizes == [1, 5]
+    assert len(store.queue_ids()) == 6
+
+
+async def test_durable_before_enqueue_returns(harness: Harness,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    events: list[tuple[str, str]] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    insert = harness.store.insert
+
+    def recording_insert(messages: Any) -> None:
+        insert(messages)
+        events.append(("committed", ",".join(m.queue_id for m in messages)))
+
+    harness.store.insert = recording_insert
+    queue_id = await harness.send()
+    spool = harness.data_dir / "spool"
+    assert events == [
+        ("fsync", str(spool / "tmp" / queue_id)),
+        ("fsync", str(spool / "queue")),
+        ("committed", queue_id),
+    ]
+    # Another connection (another process) sees the committed row, and the file is there.
+    db = sqlite3.connect(harness.data_dir / "queue.db")
+    assert db.execute("SELECT queue_id, size FROM message").fetchall() == [
+        (queue_id, (spool / "queue" / queue_id).stat().st_size)]
+    db.close()
+
+
+async def test_enqueue_bytes_prepends_received(harness: Harness) -> None:
+    env = envelope()
+    queue_id = await harness.service.enqueue_bytes(env, CONTENT)
+    expected = received_header(env, queue_id, HOST, timestamp=T0) + CONTENT
+    message = harness.store.get(queue_id)
+    assert message.spool_path.read_bytes() == expected
+    assert message.size == len(expected)
+    assert (message.reverse_path, message.body, message.client_address, message.client_name,
+            message.arrival, message.is_dsn) == (
+        "alice@example.org", "8BITMIME", "192.0.2.1", "client.example.com", T0, False)
+    raw = await harness.service.enqueue_bytes(env, CONTENT, received=False)
+    assert harness.store.get(raw).spool_path.read_bytes() == CONTENT
+
+
+async def test_expansion_one_row_per_final_address(harness: Harness) -> None:
+    harness.router.aliases = {
+        "team@example.org": ["bob@example.org", "carol@example.net"],
+        "bob+tag@example.org": ["bob@example.org"],
+    }
+    queue_id = await harness.send(
+        "team@example.org", "bob+tag@example.org", "dave@example.net",
+        notify=frozenset({"SUCCESS"}), orcpt=("rfc822", "team@example.org"),
+    )
+    rows = [(r.address, r.original, r.route, r.notify, r.orcpt)
+            for r in harness.store.get(queue_id).recipients]
+    assert rows == [
+        ("bob@example.org", "team@example.org", "local", frozenset({"SUCCESS"}),
+         ("rfc822", "team@example.org")),
+        ("carol@example.net", "team@example.org", "remote", frozenset({"SUCCESS"}),
+         ("rfc822", "team@example.org")),
+        ("dave@example.net", "dave@example.net", "remote", frozenset({"SUCCESS"}),
+         ("rfc822", "team@example.org")),
+    ]
+
+
+async def test_routing_failure_is_a_451_and_leaves_nothing(harness: Harness) -> None:
+    harness.router.fail = True
+    with pytest.raises(ReplyError) as info:
+        await harness.send()
+    assert info.value.reply == Reply(451, "4.3.0",
+                                     "Requested action aborted: error in recipient routing")
+    assert os.listdir(harness.data_dir / "spool" / "tmp") == []
+    assert os.listdir(harness.data_dir / "spool" / "queue") == []
+    assert harness.store.queue_ids() == []
+
+
+async def test_index_failure_is_a_451_and_removes_the_files(harness: Harness) -> None:
+    def broken_insert(messages: Any) -> None:
+        raise sqlite3.OperationalError("disk I/O error")
+
+    harness.store.insert = broken_insert
+    results = await asyncio.gather(harness.send(), harness.send(), return_exceptions=True)
+    assert [type(r) for r in results] == [ReplyError, ReplyError]
+    assert [r.reply.code for r in results if isinstance(r, ReplyError)] == [451, 451]
+    assert os.listdir(harness.data_dir / "spool" / "tmp") == []
+    assert os.listdir(harness.data_dir / "spool" / "queue") == []
+
+
+async def test_empty_envelope_is_refused(harness: Harness) -> None:
+    env = envelope()
+    env.recipients.clear()
+    writer = harness.service.open_spool()
+    with pytest.raises(ValueError):
+        await harness.service.enqueue(env, writer)
+    assert os.listdir(harness.data_dir / "spool" / "tmp") == []
+
+
+async def test_one_queue_per_data_directory(harness: Harness) -> None:
+    other = QueueService(harness.service.settings, router=TableRouter(),
+                         agents={"local": ScriptedAgent()})  # type: ignore[arg-type]
+    with pytest.raises(QueueBusyError):
+        await other.start(scheduler=False)
+
+
+async def test_enqueue_after_stop_is_refused(tmp_path: Path, clock: Clock) -> None:
+    service = QueueService(make_settings(tmp_path), router=TableRouter(),  # type: ignore[arg-type]
+                           agents={"local": ScriptedAgent()}, clock=clock)
+    await service.start(scheduler=False)
+    await service.stop()
+    with pytest.raises(RuntimeError):
+        await service.enqueue_bytes(envelope(), CONTENT)
+    assert os.listdir(tmp_path / "spool" / "tmp") == []
+
+
+async def test_recovery_resumes_and_moves_unusable_entries_aside(tmp_path: Path,
+                                                                 clock: Clock) -> None:
+    settings = make_settings(tmp_path)
+    agent = ScriptedAgent()
+    service = QueueService(settings, router=TableRouter(), agents={"local": agent},  # type: ignore[arg-type]
+                           clock=clock)
+    await service.start(scheduler=False)
+    good = await service.enqueue_bytes(envelope("alice@example.org", "a@example.org",
+                                                "b@example.org"), CONTENT)
+    missing = await service.enqueue_bytes(envelope(), CONTENT)
+    truncated = await service.enqueue_bytes(envelope(), CONTENT)
+    corrupt = await service.enqueue_bytes(envelope(), CONTENT)
+    await service.stop()
+
+    spool = tmp_path / "spool"
+    (spool / "queue" / missing).unlink()
+    (spool / "queue" / truncated).write_bytes(b"Received: cut short")
+    db = sqlite3.connect(tmp_path / "queue.db")
+    db.execute("UPDATE recipient SET state = 'lost' WHERE queue_id = ?", (corrupt,))
+    db.commit()
+    db.close()
+    orphan = new_queue_id()
+    (spool / "queue" / orphan).write_bytes(b"no index row")
+    leftover = new_queue_id()
+    (spool / "tmp" / leftover).write_bytes(b"half a message")
+
+    service = QueueService(settings, router=TableRouter(), agents={"local": agent},  # type: ignore[arg-type]
+                           clock=clock)
+    await service.start(scheduler=False)
+    try:
+        report = service.recovery
+        assert report is not None
+        assert (report.messages, report.recipients, report.tmp_moved, report.orphans_moved,
+                report.corrupt_entries, report.missing_spool) == (1, 2, 1, 1, 1, 2)
+        assert sorted(os.listdir(spool / "corrupt")) == sorted([
+            leftover, orphan, f"{missing}.json", f"{truncated}.json", truncated,
+            f"{corrupt}.json", corrupt,
+        ])
+        assert (spool / "corrupt" / leftover).read_bytes() == b"half a message"
+        record = json.loads((spool / "corrupt" / f"{corrupt}.json").read_text())
+        assert record["reason"] == "recipient 5: unknown state 'lost'"
+        assert record["recipients"][0]["state"] == "lost"
+        assert json.loads((spool / "corrupt" / f"{missing}.json").read_text())["reason"] == (
+            "spool file missing")
+        assert os.listdir(spool / "tmp") == []
+        assert os.listdir(spool / "queue") == [good]
+        assert service.store.queue_ids() == [good]
+        assert await service.run_due_once() == 2
+        assert agent.calls == [(good, ["a@example.org", "b@example.org"])]
+        assert service.store.queue_ids() == []
+        assert os.listdir(spool / "queue") == []
+    finally:
+        await service.stop()
+
+
+async def test_recovery_of_a_clean_queue_moves_nothing(harness: Harness) -> None:
+    report = harness.service.recovery
+    assert report is not None
+    assert (report.messages, report.tmp_moved, report.orphans_moved, report.corrupt_entries,
+            report.missing_spool, report.moved) == (0, 0, 0, 0, 0, [])
