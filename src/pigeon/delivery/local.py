@@ -1,0 +1,197 @@
+"""The local delivery agent (the MDA): a queued message into local Maildir mailboxes.
+
+Theory of operation. For each recipient (all of route ``local``) the agent asks the router
+which mailbox the address is, checks for a mail loop and the quota, and stores its own copy:
+``Return-Path: <reverse-path>`` (RFC 5321 §4.4) and ``Delivered-To: address`` (the de facto
+trace field that Postfix, qmail and Dovecot write, without angle brackets) followed by the
+spool file, byte for byte, copied in 64 KiB blocks. The copy keeps the wire form (CRLF line
+endings; see :mod:`pigeon.storage.maildir.store`). All file work runs in a worker thread
+(:func:`asyncio.to_thread`) so the event loop never blocks on the disk.
+
+Outcomes, one :class:`~pigeon.queue.model.AttemptResult` per recipient:
+
+- stored and fsynced: ``delivered`` 250 2.0.0;
+- no such mailbox any more (removed since RCPT): ``failed`` 550 5.1.1;
+- the header section already has ``Delivered-To`` for this address: ``failed``
+  554 5.4.6 (a loop; RFC 5321 §6.3 asks a server to detect them);
+- the message would take the mailbox over its quota: ``deferred`` 452 4.2.2 (the queue's
+  maximum lifetime fails it eventually, RFC 3463 §3.3);
+- a disk error: ``deferred`` 451 4.3.0.
+
+SECURITY: this is the only component that writes into mailboxes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from pigeon.delivery.base import DeliveryAgent
+from pigeon.queue.model import AttemptResult, QueuedMessage, QueuedRecipient
+from pigeon.storage.accounts_port import AccountStore
+from pigeon.storage.mailbox_port import MailboxStore
+from pigeon.storage.maildir.store import MaildirStore, maildir_path
+
+if TYPE_CHECKING:
+    from pigeon.config import Settings
+    from pigeon.routing.router import Router
+
+__all__ = ["HEADER_SCAN_LIMIT", "LocalDelivery", "maildir_path", "trace_prefix"]
+
+log = logging.getLogger("pigeon.delivery.local")
+
+# How much of the header section is searched for Delivered-To (bytes). Real header
+# sections are a few KiB; a loop adds one Delivered-To per pass near the top, so a bound
+# this large never misses one in practice and keeps a hostile message cheap.
+HEADER_SCAN_LIMIT = 256 * 1024
+_SCAN_BLOCK = 64 * 1024
+
+
+def trace_prefix(reverse_path: str, address: str) -> bytes:
+    """The lines the MDA puts before the message.
+
+    Args:
+        reverse_path: the reverse-path as text, ``""`` for the null reverse-path.
+        address: the recipient's final address.
+
+    Returns:
+        ``Return-Path: <reverse-path>`` and ``Delivered-To: address`` lines, CRLF-terminated,
+        UTF-8 (RFC 6532 allows UTF-8 in header fields of SMTPUTF8 messages).
+    """
+    def clean(text: str) -> str:
+        return text.replace("\r", "?").replace("\n", "?")
+
+    return (
+        f"Return-Path: <{clean(reverse_path)}>\r\nDelivered-To: {clean(address)}\r\n"
+    ).encode()
+
+
+def delivered_to_addresses(spool_path: Path, *, limit: int = HEADER_SCAN_LIMIT) -> set[str]:
+    """Collect the ``Delivered-To`` addresses of a message's header section.
+
+    Reads at most ``limit`` bytes of the header section (RFC 5322 §2.2: it ends at the
+    first empty line), unfolding continuation lines.
+
+    Args:
+        spool_path: the message file.
+        limit: the maximum number of bytes searched.
+
+    Returns:
+        The addresses, lower-cased, without angle brackets or surrounding spaces.
+
+    Raises:
+        OSError: the file cannot be read.
+    """
+    data = b""
+    with open(spool_path, "rb") as src:
+        while len(data) < limit:
+            block = src.read(min(_SCAN_BLOCK, limit - len(data)))
+            if not block:
+                break
+            data += block
+            if b"\n\r\n" in data or b"\n\n" in data or data.startswith((b"\r\n", b"\n")):
+                break
+    found: set[str] = set()
+    current: str | None = None
+    for raw in data.split(b"\n"):
+        line = raw.rstrip(b"\r").decode("utf-8", "replace")
+        if not line:
+            break
+        if line[0] in " \t":
+            if current is not None:
+                current += " " + line.strip()
+            continue
+        if current is not None:
+            found.add(current)
+            current = None
+        name, colon, value = line.partition(":")
+        if colon and name.strip().lower() == "delivered-to":
+            current = value.strip()
+    if current is not None:
+        found.add(current)
+    return {v.strip().strip("<>").strip().lower() for v in found}
+
+
+class LocalDelivery(DeliveryAgent):
+    """The MDA: delivers queued messages into local Maildir mailboxes.
+
+    Implements :class:`~pigeon.delivery.base.DeliveryAgent` for route ``local``.
+
+    Args:
+        settings: Pigeon settings (``server.data_dir``, ``server.hostname``).
+        accounts: the account store.
+        router: decides which mailbox an address is and its quota.
+        mailboxes: the mailbox store; default: Maildir under ``<data_dir>/mail``.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        accounts: AccountStore,
+        router: Router,
+        *,
+        mailboxes: MailboxStore | None = None,
+    ) -> None:
+        self._settings = settings
+        self._accounts = accounts
+        self._router = router
+        self._mailboxes: MailboxStore = mailboxes or MaildirStore(
+            settings.server.data_dir / "mail", hostname=settings.server.hostname
+        )
+
+    async def deliver(
+        self, message: QueuedMessage, recipients: list[QueuedRecipient]
+    ) -> list[AttemptResult]:
+        """Deliver one copy of ``message`` to each recipient's mailbox.
+
+        Args:
+            message: the queued message; the content is read from ``message.spool_path``.
+            recipients: recipients with route ``local``.
+
+        Returns:
+            One result per recipient, in the order given (see the module docstring).
+        """
+        if not recipients:
+            return []
+        return await asyncio.to_thread(self._deliver_all, message, recipients)
+
+    def _deliver_all(
+        self, message: QueuedMessage, recipients: list[QueuedRecipient]
+    ) -> list[AttemptResult]:
+        try:
+            seen = delivered_to_addresses(message.spool_path)
+        except OSError as exc:
+            log.error("%s: cannot read spool file %s: %s",
+                      message.queue_id, message.spool_path, exc)
+            result = AttemptResult("deferred", 451, "4.3.0", "Cannot read the queued message")
+            return [result for _ in recipients]
+        return [self._deliver_one(message, r, seen) for r in recipients]
+
+    def _deliver_one(
+        self, message: QueuedMessage, recipient: QueuedRecipient, seen: set[str]
+    ) -> AttemptResult:
+        address = recipient.address
+        key = self._router.mailbox_for(address)
+        if key is None:
+            if self._router.is_alias(address):
+                return AttemptResult(
+                    "failed", 554, "5.4.6", f"<{address}>: Alias expansion loop"
+                )
+            return AttemptResult("failed", 550, "5.1.1", f"<{address}>: User unknown")
+        if address.lower() in seen or key in seen:
+            return AttemptResult("failed", 554, "5.4.6", "Mail loop detected")
+        prefix = trace_prefix(message.reverse_path, address)
+        quota = self._router.quota_for(key)
+        try:
+            if quota is not None:
+                size = len(prefix) + message.spool_path.stat().st_size
+                if self._mailboxes.usage(key) + size > quota:
+                    return AttemptResult("deferred", 452, "4.2.2", "Mailbox full")
+            name = self._mailboxes.deliver(key, message.spool_path, prefix)
+        except OSError as exc:
+            log.error("%s: delivery to %s failed: %s", message.queue_id, key, exc)
+            return AttemptResult("deferred", 451, "4.3.0", "Local delivery failed: disk error")
+        log.info("%s: delivered to %s as %s", message.queue_id, key, name)
+        return AttemptResult("delivered", 250, "2.0.0", "Delivered to mailbox")
