@@ -41,7 +41,7 @@ def smtp(server: PigeonServer) -> smtplib.SMTP:
 
 def test_smtplib_session_commands(server: PigeonServer) -> None:
     with smtp(server) as s:
-        code, text = s.ehlo()
+        code, _ = s.ehlo()
         assert code == 250
         for ext in ("pipelining", "size", "8bitmime", "smtputf8", "enhancedstatuscodes",
                     "chunking", "dsn"):

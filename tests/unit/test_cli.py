@@ -64,7 +64,7 @@ def test_help_lists_commands(runner: CliRunner) -> None:
     result = runner.invoke(cli, ["--help"])
     assert result.exit_code == 0
     commands = result.stdout.split("Commands:\n", 1)[1].splitlines()
-    assert [line.split()[0] for line in commands] == ["config", "serve"]
+    assert [line.split()[0] for line in commands] == ["config", "mailbox", "queue", "serve"]
 
 
 def test_config_example(runner: CliRunner) -> None:

@@ -12,6 +12,8 @@ import click
 
 from pigeon.cli import config_option, load_or_exit
 from pigeon.cli.config_cmd import config
+from pigeon.cli.mailbox import mailbox_group
+from pigeon.cli.queue import queue_group
 from pigeon.log import setup_logging
 
 __all__ = ["cli", "main"]
@@ -42,6 +44,8 @@ def serve(config_path: Path | None) -> None:
 
 # Subcommands. Each module defines one click command or group; register it here.
 cli.add_command(config)
+cli.add_command(mailbox_group)
+cli.add_command(queue_group)
 
 
 def main() -> None:
