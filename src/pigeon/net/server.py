@@ -16,6 +16,7 @@ import itertools
 import logging
 import os
 import socket
+import ssl
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -47,12 +48,26 @@ class ListenerSet:
 
     Args:
         settings: ``pigeon.config.Settings``.
-        smtp_services: services for SMTP sessions.
+        smtp_services: services for SMTP sessions (listener kinds smtp, submission,
+            submissions).
+        factories: session runners for other listener kinds (e.g. ``pop3``), called as
+            ``factory(ctx, reader, writer)``; they override the SMTP default for their kind.
+        ssl_context_for: returns the server ``ssl.SSLContext`` for a listener kind that
+            uses implicit TLS (RFC 8314), or None for plaintext kinds.
     """
 
-    def __init__(self, settings: object, smtp_services: SmtpServices) -> None:
+    def __init__(
+        self,
+        settings: object,
+        smtp_services: SmtpServices,
+        *,
+        factories: dict[str, SessionFactory] | None = None,
+        ssl_context_for: Callable[[str], ssl.SSLContext | None] | None = None,
+    ) -> None:
         self.settings = settings
         self.smtp_services = smtp_services
+        self.factories = dict(factories or {})
+        self.ssl_context_for = ssl_context_for or (lambda kind: None)
         self.bound: list[BoundListener] = []
         self._sessions: dict[asyncio.Task[None], SessionContext] = {}
         self._per_ip: Counter[str] = Counter()
@@ -85,6 +100,7 @@ class ListenerSet:
                 reuse_address=True,
                 backlog=512,
                 limit=64 * 1024,
+                ssl=self.ssl_context_for(kind),
             )
             sock = server.sockets[0]
             addr = sock.getsockname()
@@ -128,7 +144,11 @@ class ListenerSet:
         self._sessions[task] = ctx
         self._per_ip[address] += 1
         try:
-            await SmtpSession(self.smtp_services, ctx, reader, writer).run()
+            factory = self.factories.get(kind)
+            if factory is not None:
+                await factory(ctx, reader, writer)
+            else:
+                await SmtpSession(self.smtp_services, ctx, reader, writer).run()
         finally:
             self._sessions.pop(task, None)
             self._per_ip[address] -= 1
