@@ -18,7 +18,7 @@ one delivery task per message, at most ``delivery_concurrency`` at a time. A tas
    delayed after ``delay_warning``, delivered when NOTIFY=SUCCESS), from the null
    reverse-path to the message's reverse-path, never about a DSN or to ``<>``
    (RFC 3461 §6.2, RFC 5321 §6.1);
-6. removes the message (index rows, then spool file) once every recipient is final.
+6. removes the message (spool file, then index rows) once every recipient is final.
 
 Backoff: the n-th retry comes ``retry_min · 2^(n-1)`` seconds after the attempt before it
 started, capped at ``retry_max``: with the defaults 300, 600, 1200, 2400, 4000, 4000, ...
@@ -431,8 +431,12 @@ class Scheduler:
             await self._send_events(message, events)
             await asyncio.to_thread(self.store.clear_events, list(events))
         if all(r.state in FINAL_STATES for r in message.recipients):
-            await asyncio.to_thread(self.store.delete, queue_id)
+            # The spool file first, then the rows: a crash in between leaves a finished
+            # entry without content, which the next start simply removes. The other order
+            # would leave a spool file without rows, indistinguishable from a message that
+            # was never acknowledged, and recovery would move it to spool/corrupt.
             await asyncio.to_thread(self._discard_spool, queue_id)
+            await asyncio.to_thread(self.store.delete, queue_id)
             log.info("%s: removed (all recipients done)", queue_id)
 
     async def _send_events(self, message: QueuedMessage, events: dict[int, DsnAction]) -> None:

@@ -22,7 +22,10 @@ batch is being written form the next batch: concurrent sessions share one fsync 
 is resumed at its recorded ``next_attempt_at``. Unusable entries are moved into
 ``spool/corrupt/``, never deleted, and logged: leftovers in ``spool/tmp/`` (never
 acknowledged), spool files without an index row, index entries that cannot be read or
-whose spool file is missing or has the wrong size (their rows are saved as JSON).
+whose spool file is missing or has the wrong size (their rows are saved as JSON). A
+finished message leaves the queue spool file first, rows second, so a spool file without
+rows was never acknowledged, and a finished entry without its spool file (a crash between
+the two steps) is simply removed.
 
 *Locking.* A data directory's queue is run by one process: :meth:`start` takes an
 exclusive ``flock`` on ``<data_dir>/queue.lock``. The ``pigeon queue`` tools do not take it:
@@ -83,6 +86,9 @@ class RecoveryReport:
         orphans_moved: spool files without an index row moved to ``spool/corrupt``.
         corrupt_entries: index entries that could not be read, moved aside.
         missing_spool: index entries whose spool file was missing or truncated, moved aside.
+        finished: entries whose recipients were all final, with no DSN pending, and whose
+            spool file was already removed (a crash while the message left the queue);
+            their rows are deleted.
         moved: the paths created in ``spool/corrupt``.
     """
 
@@ -92,6 +98,7 @@ class RecoveryReport:
     orphans_moved: int = 0
     corrupt_entries: int = 0
     missing_spool: int = 0
+    finished: int = 0
     moved: list[Path] = field(default_factory=list)
 
 
@@ -184,9 +191,9 @@ class QueueService:
         report = self.recovery
         log.info(
             "queue: resumed %d messages (%d recipients); moved to spool/corrupt: %d tmp, "
-            "%d orphan, %d unreadable, %d without spool file",
+            "%d orphan, %d unreadable, %d without spool file; %d finished removed",
             report.messages, report.recipients, report.tmp_moved, report.orphans_moved,
-            report.corrupt_entries, report.missing_spool,
+            report.corrupt_entries, report.missing_spool, report.finished,
         )
         queue_settings = self.settings.queue
         self._scheduler = Scheduler(
@@ -479,6 +486,7 @@ class QueueService:
             report.moved.append(self.spool.quarantine(path, "never acknowledged (left in tmp)"))
             report.tmp_moved += 1
         files = set(self.spool.queue_names())
+        finished = set(self.store.finished())
         for queue_id in self.store.queue_ids():
             path = self.spool.queue_dir / queue_id
             try:
@@ -491,6 +499,13 @@ class QueueService:
             if message is None:
                 continue
             files.discard(queue_id)
+            if not path.is_file() and queue_id in finished and not path.is_symlink():
+                # Done and its spool file removed: the crash came before its rows went.
+                self.store.delete(queue_id)
+                report.finished += 1
+                log.info("%s: removed (all recipients done; spool file already gone)",
+                         queue_id)
+                continue
             if not path.is_file():
                 report.moved.extend(self._quarantine_entry(queue_id, "spool file missing"))
                 report.missing_spool += 1
