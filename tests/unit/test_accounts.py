@@ -143,7 +143,7 @@ def test_persists_and_uses_wal(tmp_path: Path) -> None:
         assert [row[1] for row in db.execute("PRAGMA table_info(sender_address)")] == [
             "address", "mailbox"
         ]
-        assert db.execute("PRAGMA user_version").fetchone() == (1,)
+        assert db.execute("PRAGMA user_version").fetchone() == (2,)
     finally:
         db.close()
 

@@ -12,6 +12,20 @@ held back while the server waits for the client.
 Message content is written to a spool file as it arrives (never held whole in memory), and
 ``250`` is sent only after :meth:`QueueService.enqueue` has made it durable.
 
+Listener roles (``SessionContext.listener_kind``):
+
+* ``smtp`` (MTA, port 25): receives for local domains; offers STARTTLS (RFC 3207); offers
+  AUTH only after TLS and only with ``[auth] on_smtp = true``.
+* ``submission`` (MSA, 587/2525, RFC 6409): STARTTLS; AUTH only after TLS (unless
+  ``[auth] allow_plaintext_on_loopback`` and the client is on loopback; otherwise
+  ``538 5.7.11``); MAIL before AUTH gets ``530 5.7.0``; missing ``Date`` and ``Message-ID``
+  are added (RFC 6409 §8).
+* ``submissions`` (465, RFC 8314): the same, over implicit TLS.
+
+STARTTLS: after the ``220``, input that was already received (in the state machine's
+buffer or in the asyncio reader's) is discarded, never executed (CVE-2011-0411), and the
+session starts again from the greeting state (RFC 3207 §4.2).
+
 Every session has a session id that prefixes its log lines; every accepted message is
 logged with its queue id.
 """
@@ -19,17 +33,27 @@ logged with its queue id.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import dataclasses
+import email.utils
 import logging
+import secrets
+import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from pigeon.auth.sasl import MECHANISMS, SaslExchange, SaslStep
+from pigeon.auth.service import is_loopback
 from pigeon.log import sanitize
 from pigeon.mail.address import ForwardPath
 from pigeon.mail.envelope import Envelope, Recipient
 from pigeon.mail.reply import Reply
+from pigeon.policy.limits import RateLimiter
+from pigeon.policy.relay import SENDER_NOT_OWNED, RelayPolicy, sender_allowed
+from pigeon.policy.submission import HeaderFixup
 from pigeon.protocol.smtp import _events as ev
 from pigeon.protocol.smtp._state import State
 from pigeon.protocol.smtp.server import ServerConfig, ServerConnection
@@ -40,6 +64,12 @@ __all__ = ["SessionContext", "SmtpServices", "SmtpSession"]
 log = logging.getLogger("pigeon.smtpd")
 
 _READ_SIZE = 64 * 1024
+_SUBMISSION_KINDS = frozenset({"submission", "submissions"})
+
+AUTH_REQUIRED = Reply(530, "5.7.0", "Authentication required")
+ENCRYPTION_REQUIRED = Reply(538, "5.7.11", "Encryption required for requested authentication "
+                            "mechanism")
+TOO_MANY_MESSAGES = Reply(450, "4.7.1", "Error: too many messages; try again later")
 
 
 class _Spool(Protocol):
@@ -71,12 +101,32 @@ class SmtpServices:
         router: decides RCPT (``check_recipient``).
         queue: spools and enqueues accepted messages.
         server_config: the protocol limits and extensions, derived from settings.
+        tls: the :class:`~pigeon.net.tls.TlsProvider`; None: no STARTTLS.
+        authenticator: the :class:`~pigeon.auth.service.Authenticator`; None: no AUTH.
+        relay: who may relay; default: ``[relay] trusted_networks``.
+        ip_messages: messages per minute per client address; default from ``[limits]``.
+        user_messages: messages per minute per user; default from ``[limits]``.
     """
 
     settings: Any
     router: _Router
     queue: _Queue
     server_config: ServerConfig
+    tls: Any = None
+    authenticator: Any = None
+    relay: RelayPolicy | None = None
+    ip_messages: RateLimiter | None = None
+    user_messages: RateLimiter | None = None
+
+    def __post_init__(self) -> None:
+        relay = getattr(self.settings, "relay", None)
+        if self.relay is None:
+            self.relay = RelayPolicy(getattr(relay, "trusted_networks", ()))
+        limits = self.settings.limits
+        if self.ip_messages is None:
+            self.ip_messages = RateLimiter(getattr(limits, "messages_per_minute_per_ip", 0))
+        if self.user_messages is None:
+            self.user_messages = RateLimiter(getattr(limits, "messages_per_minute_per_user", 0))
 
 
 @dataclass(slots=True)
@@ -134,11 +184,30 @@ class SmtpSession:
         self._max_errors: int = settings.limits.max_errors
         self._command_timeout: float = settings.timeouts.command
         self._data_timeout: float = settings.timeouts.data
+        self._max_unknown: int = getattr(settings.limits, "max_unknown_recipients", 0)
+        self._unknown = 0
+        auth_settings = getattr(settings, "auth", None)
+        self._on_smtp = bool(getattr(auth_settings, "on_smtp", False))
+        self._plaintext_loopback = bool(
+            getattr(auth_settings, "allow_plaintext_on_loopback", False)
+        ) and is_loopback(ctx.peer_address)
+        self._sender_login_match = bool(getattr(auth_settings, "sender_login_match", True))
+        # Listener role.
+        self.submission = ctx.listener_kind in _SUBMISSION_KINDS
+        conn = self.conn
+        conn.tls = writer.get_extra_info("ssl_object") is not None  # implicit TLS
+        conn.offer_starttls = services.tls is not None and not conn.tls
+        if services.authenticator is not None and (self.submission or self._on_smtp):
+            conn.auth_mechanisms = MECHANISMS
+        self.identity: str | None = None  # the authenticated user
+        self._owned: frozenset[str] = frozenset()
+        self._sasl: SaslExchange | None = None
+        self._fixup: HeaderFixup | None = None
 
     # ------------------------------------------------------------------ logging
 
-    def _log(self, level: int, msg: str, *args: object) -> None:
-        log.log(level, "%s " + msg, self.ctx.session_id, *args)
+    def _log(self, level: int, msg: str, *args: object, exc_info: bool = False) -> None:
+        log.log(level, "%s " + msg, self.ctx.session_id, *args, exc_info=exc_info)
 
     # ------------------------------------------------------------------ main loop
 
@@ -209,9 +278,8 @@ class SmtpSession:
                 continue
             if event is ev.PAUSED:
                 await self._flush()
-                if conn.state is State.TLS:
-                    # STARTTLS arrives with the TLS work; without it STARTTLS is never offered.
-                    return
+                if conn.state is State.TLS and await self._start_tls():
+                    continue
                 return
             assert not isinstance(event, ev.Sentinel)
             if isinstance(event, ev.ConnectionClosed):
@@ -250,6 +318,43 @@ class SmtpSession:
             self.ctx.idle = False
         return data
 
+    async def _start_tls(self) -> bool:
+        """Run the TLS handshake after ``220`` to STARTTLS; False ends the session.
+
+        Bytes the client sent after the STARTTLS line are dropped, never executed
+        (RFC 3207 §4.2): those in the state machine's buffer by ``tls_started()``, those
+        already in the asyncio reader's buffer here. Reading is paused first so that no
+        plaintext can slip in between the check and the switch of the transport.
+        """
+        tls = self.services.tls
+        transport: Any = self.writer.transport
+        with contextlib.suppress(Exception):
+            transport.pause_reading()
+        discarded = _discard_buffered(self.reader)
+        if discarded:
+            self._log(logging.WARNING, "discarded %d octets sent after STARTTLS", discarded)
+        try:
+            await asyncio.wait_for(
+                self.writer.start_tls(tls.server_context()), self._command_timeout
+            )
+        except (ssl.SSLError, ConnectionError, OSError, TimeoutError) as exc:
+            self._log(logging.INFO, "TLS handshake failed: %s", sanitize(str(exc), 200))
+            return False
+        self.conn.tls_started()
+        self._clear_transaction()
+        self.identity = None
+        self._owned = frozenset()
+        self._sasl = None
+        self._log(logging.INFO, "STARTTLS: %s", self._tls_info() or "?")
+        return True
+
+    def _tls_info(self) -> str | None:
+        obj = self.writer.get_extra_info("ssl_object")
+        if obj is None:
+            return None
+        cipher = obj.cipher()
+        return f"{obj.version()} {cipher[0] if cipher else ''}".strip()
+
     def _reply_unsolicited(self, reply: Reply) -> None:
         self._out.append(self.conn.send(reply))
 
@@ -279,40 +384,29 @@ class SmtpSession:
     async def _handle(self, event: ev.Event) -> Reply | None:
         h = self._hostname
         if isinstance(event, ev.DataChunk):
-            if self._spool is not None:
-                try:
-                    self._spool.write(event.data)
-                except OSError:
-                    self._log(logging.ERROR, "spool write failed", exc_info=True)
-                    self._abort_spool()
+            self._write(event.data)
             return None
         if isinstance(event, ev.CommandError):
+            self._sasl = None
             self._log(logging.INFO, "refused: %s", event.reply)
             return event.reply
         if isinstance(event, ev.Hello):
             self._clear_transaction()
             if event.esmtp:
-                return self.conn.ehlo_reply(f"Hello {sanitize(event.domain, 64)}")
+                return self._ehlo_reply(f"Hello {sanitize(event.domain, 64)}")
             return Reply(250, None, h)
         if isinstance(event, ev.MailFrom):
-            self._clear_transaction()
-            self._envelope = Envelope(
-                reverse_path=event.reverse_path,
-                mail_params=event.params,
-                client_address=self.ctx.peer_address,
-                client_name=self.conn.client_name,
-            )
-            return Reply(250, "2.1.0", "Ok")
+            return self._mail(event)
         if isinstance(event, ev.RcptTo):
             return self._rcpt(event)
         if isinstance(event, ev.DataCommand):
-            refusal = self._open_spool()
+            refusal = await self._open_spool()
             if refusal is not None:
                 return refusal
             return Reply(354, None, "End data with <CR><LF>.<CR><LF>")
         if isinstance(event, ev.BdatStarted):
             if event.first:
-                refusal = self._open_spool()
+                refusal = await self._open_spool()
                 if refusal is not None:
                     self._log(logging.ERROR, "cannot open spool: %s", refusal)
             return None
@@ -350,29 +444,133 @@ class SmtpSession:
         if isinstance(event, ev.Quit):
             return Reply(221, "2.0.0", f"{h} Bye")
         if isinstance(event, ev.StartTLS):
-            return Reply(454, "4.7.0", "TLS not available")
-        if isinstance(event, (ev.Auth, ev.AuthResponse)):
-            return Reply(454, "4.7.0", "Temporary authentication failure")
+            if self.services.tls is None:
+                return Reply(454, "4.7.0", "TLS not available")
+            return Reply(220, "2.0.0", "Ready to start TLS")
+        if isinstance(event, ev.Auth):
+            if not self._auth_allowed():
+                self._log(logging.INFO, "AUTH refused: not encrypted")
+                return ENCRYPTION_REQUIRED
+            self._sasl = SaslExchange(event.mechanism)
+            return await self._sasl_step(self._sasl.start(event.initial_response))
+        if isinstance(event, ev.AuthResponse):
+            if self._sasl is None:  # pragma: no cover - the state machine prevents it
+                return Reply(454, "4.7.0", "Temporary authentication failure")
+            return await self._sasl_step(self._sasl.respond(event.data))
         if isinstance(event, ev.AuthCancelled):
-            return Reply(501, "5.0.0", "Authentication cancelled")
+            self._sasl = None
+            return Reply(501, "5.7.0", "Authentication cancelled")
         raise AssertionError(f"unhandled event {event!r}")
+
+    # ------------------------------------------------------------------ EHLO and AUTH
+
+    def _auth_allowed(self) -> bool:
+        return self.conn.tls or self._plaintext_loopback
+
+    def _ehlo_reply(self, greeting: str) -> Reply:
+        reply = self.conn.ehlo_reply(greeting)
+        if self.conn.auth_mechanisms and not self._auth_allowed():
+            # RFC 4954 §4 / RFC 3207 §4.2: no AUTH offer on a channel anyone can read.
+            lines = [line for line in reply.lines if not line.startswith("AUTH ")]
+            return Reply(reply.code, reply.enhanced, lines)
+        return reply
+
+    async def _sasl_step(self, step: SaslStep) -> Reply:
+        if step.challenge is not None:
+            return Reply(334, None, base64.b64encode(step.challenge).decode("ascii"))
+        self._sasl = None
+        if step.error is not None:
+            self._log(logging.INFO, "AUTH refused: %s", step.error)
+            return step.error
+        assert step.credentials is not None
+        authenticator = self.services.authenticator
+        result = await authenticator.verify(step.credentials, peer_ip=self.ctx.peer_address)
+        if isinstance(result, Reply):
+            self._log(logging.INFO, "AUTH failed for %s: %s",
+                      sanitize(step.credentials.authcid, 100), result)
+            return result
+        self.identity = result
+        self._owned = authenticator.owned_addresses(result)
+        self._log(logging.INFO, "authenticated as %s", result)
+        return Reply(235, "2.7.0", "Authentication successful")
+
+    # ------------------------------------------------------------------ MAIL and RCPT
+
+    def _mail(self, event: ev.MailFrom) -> Reply:
+        self._clear_transaction()
+        if self.submission and not self.conn.authenticated:
+            return AUTH_REQUIRED
+        if (
+            self.identity is not None
+            and self._sender_login_match
+            and not sender_allowed(event.reverse_path, self._owned)
+        ):
+            self._log(logging.WARNING, "MAIL FROM %s refused for user %s",
+                      sanitize(str(event.reverse_path)), self.identity)
+            return SENDER_NOT_OWNED
+        services = self.services
+        assert services.ip_messages is not None and services.user_messages is not None
+        if not services.ip_messages.allow(self.ctx.peer_address) or (
+            self.identity is not None and not services.user_messages.allow(self.identity)
+        ):
+            self._log(logging.WARNING, "message rate limit reached (user %s)",
+                      self.identity or "-")
+            return TOO_MANY_MESSAGES
+        params = event.params
+        if params.auth is not None and self.identity is None:
+            # RFC 4954 §5: an AUTH= value from an unauthenticated client is not trusted.
+            params = dataclasses.replace(params, auth="<>")
+        elif self.identity is not None:
+            params = dataclasses.replace(params, auth=self.identity)
+        self._envelope = Envelope(
+            reverse_path=event.reverse_path,
+            mail_params=params,
+            client_address=self.ctx.peer_address,
+            client_name=self.conn.client_name,
+            authenticated_user=self.identity,
+        )
+        return Reply(250, "2.1.0", "Ok")
 
     def _rcpt(self, event: ev.RcptTo) -> Reply:
         assert self._envelope is not None
-        relay_allowed = self.conn.authenticated
+        relay = self.services.relay
+        assert relay is not None
+        relay_allowed = relay.may_relay(
+            peer_address=self.ctx.peer_address, authenticated=self.conn.authenticated
+        )
         refusal = self.services.router.check_recipient(
             event.forward_path, relay_allowed=relay_allowed
         )
         if refusal is not None:
             self._log(logging.INFO, "RCPT %s refused: %s",
                       sanitize(str(event.forward_path)), refusal)
+            if refusal.code == 550 and str(refusal.enhanced) == "5.1.1":
+                self._unknown += 1
+                if self._max_unknown and self._unknown > self._max_unknown:
+                    self._log(logging.WARNING, "too many unknown recipients; closing")
+                    return Reply(421, "4.7.0",
+                                 f"{self._hostname} Error: too many unknown recipients")
             return refusal
         self._envelope.recipients.append(
             Recipient(forward_path=event.forward_path, params=event.params)
         )
         return Reply(250, "2.1.5", "Ok")
 
-    def _open_spool(self) -> Reply | None:
+    async def _new_spool(self) -> Any:
+        """Create the message's spool file in a worker thread.
+
+        Creating a file can wait for the disk (other sessions' fsyncs, recently deleted
+        inodes), and the event loop serves every session. If the session is cancelled
+        meanwhile, the file is removed once it exists.
+        """
+        future = asyncio.ensure_future(asyncio.to_thread(self.services.queue.open_spool))
+        try:
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:
+            future.add_done_callback(_abort_created_spool)
+            raise
+
+    async def _open_spool(self) -> Reply | None:
         env = self._envelope
         assert env is not None
         env.protocol = protocol_keyword(
@@ -382,15 +580,40 @@ class SmtpSession:
             smtputf8=env.mail_params.smtputf8,
         )
         try:
-            spool = self.services.queue.open_spool()
-            spool.write(received_header(env, spool.queue_id, self._hostname))
+            spool = await self._new_spool()
+            spool.write(received_header(env, spool.queue_id, self._hostname,
+                                        tls_info=self._tls_info()))
         except OSError:
             self._log(logging.ERROR, "cannot open a spool file", exc_info=True)
             return Reply(451, "4.3.0", "Error: queue file write error")
         self._spool = spool
+        if self.submission:
+            self._fixup = HeaderFixup(
+                date=email.utils.formatdate(localtime=True),
+                message_id=f"<{spool.queue_id}.{secrets.token_hex(6)}@{self._hostname}>",
+            )
         return None
 
+    def _write(self, data: bytes) -> None:
+        """Write content to the spool (through the submission fix-up)."""
+        if self._spool is None:
+            return
+        if self._fixup is not None:
+            data = self._fixup.feed(data)
+        if not data:
+            return
+        try:
+            self._spool.write(data)
+        except OSError:
+            self._log(logging.ERROR, "spool write failed", exc_info=True)
+            self._abort_spool()
+
     async def _data_complete(self, event: ev.DataComplete) -> Reply:
+        fixup, self._fixup = self._fixup, None
+        if fixup is not None and event.reply_hint is None:
+            self._write(fixup.finish())  # the held-back header section, fixed up
+            if fixup.added:
+                self._log(logging.INFO, "added %s (RFC 6409 §8)", ", ".join(fixup.added))
         spool = self._spool
         env = self._envelope
         self._spool = None
@@ -423,9 +646,31 @@ class SmtpSession:
     def _clear_transaction(self) -> None:
         self._abort_spool()
         self._envelope = None
+        self._fixup = None
 
     def _abort_spool(self) -> None:
         if self._spool is not None:
             with contextlib.suppress(Exception):
                 self._spool.abort()
             self._spool = None
+
+
+def _discard_buffered(reader: asyncio.StreamReader) -> int:
+    """Drop what the reader has received but the session has not read; return its size.
+
+    asyncio has no public call for this; the reader's buffer is a ``bytearray`` named
+    ``_buffer`` in CPython's :mod:`asyncio.streams` (also under uvloop, which reuses it).
+    """
+    buffer = getattr(reader, "_buffer", None)
+    if not isinstance(buffer, bytearray):
+        return 0
+    size = len(buffer)
+    buffer.clear()
+    return size
+
+
+def _abort_created_spool(future: asyncio.Future[Any]) -> None:
+    """Remove a spool file whose session was cancelled while the file was being created."""
+    if not future.cancelled() and future.exception() is None:
+        with contextlib.suppress(Exception):
+            future.result().abort()

@@ -123,7 +123,7 @@ class Router:
         self._postmaster_domain = local[0] if local else canonical_domain(
             settings.server.hostname
         )
-        self._local = frozenset([*local, self._postmaster_domain])
+        self._config_local = frozenset([*local, self._postmaster_domain])
         self._postmaster_key = f"postmaster@{self._postmaster_domain}"
         if aliases is None:
             aliases = self._load_aliases()
@@ -135,6 +135,23 @@ class Router:
                 settings.server.data_dir / "mail", hostname=settings.server.hostname
             )
         self._mailboxes = mailboxes
+
+    @property
+    def _local(self) -> frozenset[str]:
+        """Local domains: the config's and those added with ``pigeon domain add``.
+
+        Read from the account store on every use, so a domain added while the server runs
+        counts at once.
+        """
+        list_domains = getattr(self._accounts, "list_domains", None)
+        if list_domains is None:
+            return self._config_local
+        return self._config_local.union(list_domains())
+
+    def _user_alias(self, key: str) -> str | None:
+        """The user owning the alias ``key`` (``pigeon user alias add``), or None."""
+        alias_owner = getattr(self._accounts, "alias_owner", None)
+        return None if alias_owner is None else alias_owner(key)
 
     def _load_aliases(self) -> AliasTable:
         path = self._settings.aliases.file
@@ -207,6 +224,9 @@ class Router:
         base_key = f"{base}@{domain}"
         if base_key != key and self._has_mailbox(base_key):
             return base_key
+        owner = self._user_alias(key) or (base_key != key and self._user_alias(base_key))
+        if owner:
+            return owner
         if self._has_catch_all(domain):
             return base_key
         return None

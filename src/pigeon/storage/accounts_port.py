@@ -38,12 +38,14 @@ class MailboxInfo:
         created: Unix time (seconds) the mailbox was first recorded.
         from_config: the mailbox is defined in the config file (it is re-created at every
             start and removed when it leaves the file).
+        has_password: the mailbox has a password: it is a user who can log in.
     """
 
     address: str
     quota: int | None
     created: float
     from_config: bool = False
+    has_password: bool = False
 
 
 class MailboxConfig(Protocol):
@@ -57,7 +59,7 @@ class MailboxConfig(Protocol):
 
 
 class AccountStore(Protocol):
-    """Mailboxes (and later passwords and sender addresses) of local users."""
+    """Mailboxes, users' password hashes and aliases, and locally added domains."""
 
     def add_mailbox(self, address: str, quota: int | None = None) -> MailboxInfo:
         """Create the mailbox ``address`` or update its quota (bytes)."""
@@ -77,6 +79,42 @@ class AccountStore(Protocol):
 
     def sync_config(self, entries: Iterable[MailboxConfig]) -> None:
         """Merge the config file's mailboxes into the store."""
+        ...
+
+    def set_password_hash(self, address: str, password_hash: str | None) -> bool:
+        """Set or clear a mailbox's argon2id hash; True when the mailbox exists."""
+        ...
+
+    def get_password_hash(self, key: str) -> str | None:
+        """The mailbox's password hash, or None (no such mailbox, or no password)."""
+        ...
+
+    def add_alias(self, owner: str, address: str) -> None:
+        """Give the user ``owner`` the extra address ``address`` (send as, receive at)."""
+        ...
+
+    def remove_alias(self, address: str) -> bool:
+        """Remove an alias; True when it existed."""
+        ...
+
+    def alias_owner(self, key: str) -> str | None:
+        """The mailbox key owning the alias ``key``, or None."""
+        ...
+
+    def list_aliases(self, owner: str | None = None) -> list[tuple[str, str]]:
+        """``(alias, owner)`` pairs, all or one owner's."""
+        ...
+
+    def add_domain(self, name: str) -> bool:
+        """Record a local domain; True when new."""
+        ...
+
+    def remove_domain(self, name: str) -> bool:
+        """Forget a recorded local domain; True when it existed."""
+        ...
+
+    def list_domains(self) -> list[str]:
+        """Recorded local domains (canonical), sorted."""
         ...
 
     def close(self) -> None:

@@ -5,11 +5,13 @@ Mailboxes come from two places: the config file (``[[mailbox]]`` entries, merged
 entry that leaves the file leaves the store) and ``pigeon mailbox add`` (kept until
 ``pigeon mailbox del``). Keys are mailbox keys (see :mod:`pigeon.storage.accounts_port`).
 
-The schema already has room for what submission and POP3 need later: a nullable
-``password_hash`` per mailbox and a ``sender_address`` table of extra addresses a user may
-send as. One connection is shared by the threads of the process behind a lock; other
-processes (the ``pigeon`` CLI while the server runs) wait up to ``busy_timeout`` for a
-write lock instead of failing.
+A mailbox with a ``password_hash`` (argon2id) is a *user*: it can log in to submit mail
+and read it over POP3. The ``sender_address`` table holds a user's aliases: extra addresses
+the user may send as and, in a local domain, receives at. The ``domain`` table holds local
+domains added with ``pigeon domain add``, merged with the config's ``domains.local``.
+Schema version 2 added that table; an older file is upgraded in place. One connection is
+shared by the threads of the process behind a lock; other processes (the ``pigeon`` CLI
+while the server runs) wait up to ``busy_timeout`` for a write lock instead of failing.
 """
 
 from __future__ import annotations
@@ -20,11 +22,16 @@ import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from pigeon.storage.accounts_port import MailboxConfig, MailboxInfo, canonical_mailbox_key
+from pigeon.storage.accounts_port import (
+    MailboxConfig,
+    MailboxInfo,
+    canonical_domain,
+    canonical_mailbox_key,
+)
 
 __all__ = ["SCHEMA_VERSION", "AccountStore", "SqliteAccountStore"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 # How long a writer waits for another process's write transaction (milliseconds). The CLI's
 # transactions last milliseconds; 5 s only matters when a disk stalls.
@@ -42,11 +49,19 @@ _SCHEMA = (
         address TEXT PRIMARY KEY,            -- an extra address the user may send as
         mailbox TEXT NOT NULL REFERENCES mailbox(address) ON DELETE CASCADE
     )""",
+    """CREATE INDEX IF NOT EXISTS sender_address_mailbox ON sender_address (mailbox)""",
+    """CREATE TABLE IF NOT EXISTS domain (
+        name    TEXT PRIMARY KEY,            -- canonical A-label domain
+        created REAL NOT NULL                -- Unix time, seconds
+    )""",
 )
 
+_MAILBOX_COLUMNS = "address, quota, created, from_config, password_hash IS NOT NULL"
 
-def _info(row: tuple[str, int | None, float, int]) -> MailboxInfo:
-    return MailboxInfo(address=row[0], quota=row[1], created=row[2], from_config=bool(row[3]))
+
+def _info(row: tuple[str, int | None, float, int, int]) -> MailboxInfo:
+    return MailboxInfo(address=row[0], quota=row[1], created=row[2], from_config=bool(row[3]),
+                       has_password=bool(row[4]))
 
 
 def _sort_key(info: MailboxInfo) -> tuple[str, str]:
@@ -133,8 +148,7 @@ class AccountStore:
 
     def _get(self, key: str) -> MailboxInfo | None:
         row = self._db.execute(
-            "SELECT address, quota, created, from_config FROM mailbox WHERE address = ?",
-            (key,),
+            f"SELECT {_MAILBOX_COLUMNS} FROM mailbox WHERE address = ?", (key,)
         ).fetchone()
         return None if row is None else _info(row)
 
@@ -154,9 +168,7 @@ class AccountStore:
     def list_mailboxes(self) -> list[MailboxInfo]:
         """All mailboxes and catch-alls, sorted by domain, then local part."""
         with self._lock:
-            rows = self._db.execute(
-                "SELECT address, quota, created, from_config FROM mailbox"
-            ).fetchall()
+            rows = self._db.execute(f"SELECT {_MAILBOX_COLUMNS} FROM mailbox").fetchall()
         return sorted((_info(r) for r in rows), key=_sort_key)
 
     def sync_config(self, entries: Iterable[MailboxConfig]) -> None:
@@ -197,6 +209,138 @@ class AccountStore:
                 self._db.execute("ROLLBACK")
                 raise
             self._db.execute("COMMIT")
+
+    # -- passwords (users) --------------------------------------------------------------
+
+    def set_password_hash(self, address: str, password_hash: str | None) -> bool:
+        """Set or clear (None) the password hash of a mailbox.
+
+        Args:
+            address: the mailbox address or key.
+            password_hash: an argon2id PHC string, or None: the mailbox can no longer log in.
+
+        Returns:
+            True when the mailbox exists.
+        """
+        key = canonical_mailbox_key(address)
+        with self._lock:
+            cur = self._db.execute(
+                "UPDATE mailbox SET password_hash = ? WHERE address = ?", (password_hash, key)
+            )
+            return cur.rowcount > 0
+
+    def get_password_hash(self, key: str) -> str | None:
+        """The password hash of the mailbox with this key, or None (no such user).
+
+        Args:
+            key: a mailbox key (exact match).
+        """
+        with self._lock:
+            row = self._db.execute(
+                "SELECT password_hash FROM mailbox WHERE address = ?", (key,)
+            ).fetchone()
+        return None if row is None else row[0]
+
+    # -- aliases (extra sender addresses) -----------------------------------------------
+
+    def add_alias(self, owner: str, address: str) -> None:
+        """Give the user ``owner`` the extra address ``address``.
+
+        Args:
+            owner: the user's mailbox address or key.
+            address: the alias (``local@domain``); in a local domain, mail to it is
+                delivered to ``owner``.
+
+        Raises:
+            ValueError: an address is invalid, ``owner`` is not a mailbox, ``address`` is
+                a mailbox itself, or it already belongs to another user.
+        """
+        owner_key = canonical_mailbox_key(owner)
+        key = canonical_mailbox_key(address)
+        if "@" not in key or key.startswith("@"):
+            raise ValueError(f"an alias is a full address local-part@domain: {address!r}")
+        with self._lock:
+            if self._get(owner_key) is None:
+                raise ValueError(f"no such mailbox: {owner_key}")
+            if self._get(key) is not None:
+                raise ValueError(f"{key} is a mailbox of its own")
+            row = self._db.execute(
+                "SELECT mailbox FROM sender_address WHERE address = ?", (key,)
+            ).fetchone()
+            if row is not None and row[0] != owner_key:
+                raise ValueError(f"{key} already belongs to {row[0]}")
+            self._db.execute(
+                "INSERT OR IGNORE INTO sender_address (address, mailbox) VALUES (?, ?)",
+                (key, owner_key),
+            )
+
+    def remove_alias(self, address: str) -> bool:
+        """Remove an alias; True when it existed."""
+        key = canonical_mailbox_key(address)
+        with self._lock:
+            cur = self._db.execute("DELETE FROM sender_address WHERE address = ?", (key,))
+            return cur.rowcount > 0
+
+    def alias_owner(self, key: str) -> str | None:
+        """The mailbox key that owns the alias ``key``, or None.
+
+        Args:
+            key: a mailbox key (exact match).
+        """
+        with self._lock:
+            row = self._db.execute(
+                "SELECT mailbox FROM sender_address WHERE address = ?", (key,)
+            ).fetchone()
+        return None if row is None else row[0]
+
+    def list_aliases(self, owner: str | None = None) -> list[tuple[str, str]]:
+        """Aliases as ``(alias, owner)`` pairs, sorted; only ``owner``'s when given.
+
+        Raises:
+            ValueError: ``owner`` is not a valid address.
+        """
+        with self._lock:
+            if owner is None:
+                rows = self._db.execute(
+                    "SELECT address, mailbox FROM sender_address ORDER BY mailbox, address"
+                ).fetchall()
+            else:
+                rows = self._db.execute(
+                    "SELECT address, mailbox FROM sender_address WHERE mailbox = ? "
+                    "ORDER BY address", (canonical_mailbox_key(owner),)
+                ).fetchall()
+        return [(r[0], r[1]) for r in rows]
+
+    # -- local domains ------------------------------------------------------------------
+
+    def add_domain(self, name: str) -> bool:
+        """Record a local domain; True when it was new.
+
+        Raises:
+            ValueError: the name is not a valid domain.
+        """
+        domain = canonical_domain(name)
+        if not domain or "@" in domain or domain.startswith("."):
+            raise ValueError(f"invalid domain name {name!r}")
+        with self._lock:
+            cur = self._db.execute(
+                "INSERT OR IGNORE INTO domain (name, created) VALUES (?, ?)",
+                (domain, self._now()),
+            )
+            return cur.rowcount > 0
+
+    def remove_domain(self, name: str) -> bool:
+        """Forget a local domain recorded with :meth:`add_domain`; True when it existed."""
+        domain = canonical_domain(name)
+        with self._lock:
+            cur = self._db.execute("DELETE FROM domain WHERE name = ?", (domain,))
+            return cur.rowcount > 0
+
+    def list_domains(self) -> list[str]:
+        """Local domains recorded with :meth:`add_domain`, sorted."""
+        with self._lock:
+            rows = self._db.execute("SELECT name FROM domain ORDER BY name").fetchall()
+        return [r[0] for r in rows]
 
     def close(self) -> None:
         """Close the database connection."""
