@@ -400,13 +400,13 @@ class SmtpSession:
         if isinstance(event, ev.RcptTo):
             return self._rcpt(event)
         if isinstance(event, ev.DataCommand):
-            refusal = await self._open_spool()
+            refusal = self._open_spool()
             if refusal is not None:
                 return refusal
             return Reply(354, None, "End data with <CR><LF>.<CR><LF>")
         if isinstance(event, ev.BdatStarted):
             if event.first:
-                refusal = await self._open_spool()
+                refusal = self._open_spool()
                 if refusal is not None:
                     self._log(logging.ERROR, "cannot open spool: %s", refusal)
             return None
@@ -556,21 +556,7 @@ class SmtpSession:
         )
         return Reply(250, "2.1.5", "Ok")
 
-    async def _new_spool(self) -> Any:
-        """Create the message's spool file in a worker thread.
-
-        Creating a file can wait for the disk (other sessions' fsyncs, recently deleted
-        inodes), and the event loop serves every session. If the session is cancelled
-        meanwhile, the file is removed once it exists.
-        """
-        future = asyncio.ensure_future(asyncio.to_thread(self.services.queue.open_spool))
-        try:
-            return await asyncio.shield(future)
-        except asyncio.CancelledError:
-            future.add_done_callback(_abort_created_spool)
-            raise
-
-    async def _open_spool(self) -> Reply | None:
+    def _open_spool(self) -> Reply | None:
         env = self._envelope
         assert env is not None
         env.protocol = protocol_keyword(
@@ -580,7 +566,7 @@ class SmtpSession:
             smtputf8=env.mail_params.smtputf8,
         )
         try:
-            spool = await self._new_spool()
+            spool = self.services.queue.open_spool()
             spool.write(received_header(env, spool.queue_id, self._hostname,
                                         tls_info=self._tls_info()))
         except OSError:
@@ -667,10 +653,3 @@ def _discard_buffered(reader: asyncio.StreamReader) -> int:
     size = len(buffer)
     buffer.clear()
     return size
-
-
-def _abort_created_spool(future: asyncio.Future[Any]) -> None:
-    """Remove a spool file whose session was cancelled while the file was being created."""
-    if not future.cancelled() and future.exception() is None:
-        with contextlib.suppress(Exception):
-            future.result().abort()

@@ -11,7 +11,8 @@ writes the Received header and the content into ``spool/tmp/<queue id>``, then c
 subaddresses; one row per final address) and hands the message to the *committer*.
 
 *Group commit.* A single committer task takes every enqueue waiting at that moment as one
-batch and, in a worker thread: fsyncs each spool file, renames each into ``spool/queue/``,
+batch and, in its own thread (never queued behind delivery work in the event loop's shared
+executor): fsyncs the spool files (in parallel), renames each into ``spool/queue/``,
 fsyncs that directory once, and inserts all the batch's rows in ONE SQLite transaction
 (``synchronous=FULL``). Only then are the waiting enqueues answered, so ``250`` after DATA
 means file, directory and index are all on stable storage (RFC 5321 §4.1.1.4, §6.1: the
@@ -42,6 +43,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -149,6 +151,7 @@ class QueueService:
         self._pending: list[_Pending] = []
         self._pending_event: asyncio.Event | None = None
         self._committer: asyncio.Task[None] | None = None
+        self._commit_thread: ThreadPoolExecutor | None = None
         self._loop_task: asyncio.Task[None] | None = None
         self._closing = False
         self._lock_fd: int | None = None
@@ -209,6 +212,7 @@ class QueueService:
         )
         self._closing = False
         self._pending_event = asyncio.Event()
+        self._commit_thread = ThreadPoolExecutor(1, thread_name_prefix="queue-commit")
         self._committer = asyncio.create_task(self._commit_loop(), name="queue committer")
         if scheduler:
             self._loop_task = asyncio.create_task(self._scheduler.run(), name="queue scheduler")
@@ -230,6 +234,9 @@ class QueueService:
         self._pending_event.set()
         await self._committer
         self._committer = None
+        if self._commit_thread is not None:
+            self._commit_thread.shutdown()
+            self._commit_thread = None
         if self._store is not None:
             await asyncio.to_thread(self._store.close)
             self._store = None
@@ -413,7 +420,9 @@ class QueueService:
                     return
                 continue
             try:
-                errors = await asyncio.to_thread(self._commit_batch, batch)
+                errors = await asyncio.get_running_loop().run_in_executor(
+                    self._commit_thread, self._commit_batch, batch
+                )
             except BaseException as exc:  # the thread itself failed: fail the whole batch
                 log.exception("queue commit failed")
                 errors = [exc] * len(batch)
@@ -428,7 +437,7 @@ class QueueService:
                 self._pending_event.set()
 
     def _commit_batch(self, batch: list[_Pending]) -> list[BaseException | None]:
-        """Group commit, in a worker thread: fsync files, rename, fsync dir, one transaction."""
+        """Group commit, in the commit thread: fsync files, rename, fsync dir, one transaction."""
         errors = self.spool.commit([item.writer for item in batch])
         ready = [item.message for item, error in zip(batch, errors, strict=True) if error is None]
         if ready:

@@ -1,0 +1,1 @@
+"""Pigeon's benchmarks: ``python -m bench`` (see bench/README.md)."""
