@@ -20,7 +20,7 @@ PYTEST_ARGS ?=
 
 # Debian packages the end-to-end tests drive; "package:file" where the file shows it is installed.
 TEST_TOOLS := swaks:/usr/bin/swaks postfix:/usr/sbin/smtp-sink openssl:/usr/bin/openssl \
-	curl:/usr/bin/curl dnsutils:/usr/bin/dig
+	curl:/usr/bin/curl dnsutils:/usr/bin/dig fetchmail:/usr/bin/fetchmail
 
 # "sudo" when not root and sudo exists, else nothing.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || ! command -v sudo >/dev/null 2>&1 || echo sudo)

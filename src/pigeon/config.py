@@ -27,6 +27,7 @@ import os
 import re
 import socket
 import tomllib
+from collections.abc import Callable
 from fractions import Fraction
 from pathlib import Path
 from typing import Annotated, Literal, get_args, get_origin
@@ -49,7 +50,10 @@ from pigeon.mail.address import AddressError, parse_mailbox
 __all__ = [
     "CONFIG_ENV_VAR",
     "AliasSettings",
+    "AuthSettings",
     "ConfigError",
+    "DeliverySettings",
+    "DnsSettings",
     "DomainSettings",
     "GiB",
     "KiB",
@@ -59,11 +63,14 @@ __all__ = [
     "LogSettings",
     "MailboxSettings",
     "MiB",
+    "Pop3Settings",
     "QueueSettings",
+    "RelaySettings",
     "ServerSettings",
     "Settings",
     "SmtpSettings",
     "TimeoutSettings",
+    "TlsSettings",
     "default_hostname",
     "example_config",
     "load_settings",
@@ -387,6 +394,14 @@ class LimitSettings(_Section):
             the minimum at 1000.
         max_command_length: bytes in a command line including CRLF; RFC 5321 §4.5.3.1.4
             sets the minimum at 512.
+        connections_per_minute_per_ip: new connections one client address may open per
+            minute, over all listeners; beyond it ``421 4.7.0``. 0 is no limit.
+        messages_per_minute_per_ip: messages (MAIL commands) one client address may start
+            per minute; beyond it ``450 4.7.1``. 0 is no limit.
+        messages_per_minute_per_user: messages one authenticated user may start per minute;
+            beyond it ``450 4.7.1``. 0 is no limit.
+        max_unknown_recipients: recipients refused as unknown (``550 5.1.1``) in one session
+            before it is closed with ``421`` (directory-harvest defence).
     """
 
     max_message_size: Size = Field(default=35 * MiB, ge=1)
@@ -397,6 +412,10 @@ class LimitSettings(_Section):
     max_errors: int = Field(default=20, ge=1)
     max_line_length: int = Field(default=1000, ge=1000)
     max_command_length: int = Field(default=512, ge=512)
+    connections_per_minute_per_ip: int = Field(default=600, ge=0)
+    messages_per_minute_per_ip: int = Field(default=0, ge=0)
+    messages_per_minute_per_user: int = Field(default=300, ge=0)
+    max_unknown_recipients: int = Field(default=20, ge=1)
 
 
 class TimeoutSettings(_Section):
@@ -435,6 +454,17 @@ class SmtpSettings(_Section):
         if any(ch in value for ch in "\r\n") or not value.isprintable():
             raise ValueError("banner must be one line of printable text")
         return value
+
+
+class Pop3Settings(_Section):
+    """POP3 server behaviour (listener kinds ``pop3`` and ``pop3s``).
+
+    Attributes:
+        autologout: seconds of client silence after which a session is closed without
+            a response and without removing anything (RFC 1939 §3: at least 10 minutes).
+    """
+
+    autologout: Duration = Field(default=600.0, ge=600)
 
 
 class MailboxSettings(_Section):
@@ -520,6 +550,220 @@ class LogSettings(_Section):
     file: ConfigPath | None = None
 
 
+class TlsSettings(_Section):
+    """The server certificate for STARTTLS (RFC 3207) and implicit TLS (RFC 8314).
+
+    Attributes:
+        cert: PEM certificate chain (the server certificate first), or None.
+        key: PEM private key of ``cert``, or None. With neither, a self-signed certificate
+            for ``server.hostname`` is made at first start under ``<data_dir>/tls/``.
+            Both files are read again on SIGHUP.
+    """
+
+    cert: ConfigPath | None = None
+    key: ConfigPath | None = None
+
+    @model_validator(mode="after")
+    def _both_or_neither(self) -> TlsSettings:
+        if (self.cert is None) != (self.key is None):
+            raise ValueError("cert and key go together: set both, or neither for a "
+                             "self-signed certificate")
+        return self
+
+
+class AuthSettings(_Section):
+    """SMTP AUTH (RFC 4954) and the defences around password checks.
+
+    Attributes:
+        on_smtp: offer AUTH on ``smtp`` listeners too (after STARTTLS).
+        allow_plaintext_on_loopback: offer AUTH without TLS to clients on 127.0.0.0/8 and
+            ::1 (otherwise AUTH without TLS is refused with ``538 5.7.11``).
+        sender_login_match: an authenticated user may only use reverse-paths they own
+            (their address, ``+tag`` forms of it and their aliases), else ``553 5.7.1``.
+        failures_before_delay: failed logins from one client address before every further
+            failure reply is delayed by ``failure_delay``.
+        failure_delay: the delay, in seconds.
+        max_failures_per_ip: failed logins from one client address within
+            ``failure_window`` before that address is refused (``421 4.7.0``) for
+            ``block_time``.
+        failure_window: seconds over which failures are counted.
+        block_time: seconds a client address stays blocked.
+        account_lockout_failures: failed logins for one account within
+            ``failure_window`` (from any address) before the account is locked for
+            ``account_lockout_time`` (``454 4.7.0``); 0 never locks.
+        account_lockout_time: seconds an account stays locked.
+    """
+
+    on_smtp: bool = False
+    allow_plaintext_on_loopback: bool = False
+    sender_login_match: bool = True
+    failures_before_delay: int = Field(default=3, ge=0)
+    failure_delay: Duration = Field(default=2.0, ge=0)
+    max_failures_per_ip: int = Field(default=10, ge=1)
+    failure_window: Duration = Field(default=900.0, gt=0)
+    block_time: Duration = Field(default=900.0, gt=0)
+    account_lockout_failures: int = Field(default=30, ge=0)
+    account_lockout_time: Duration = Field(default=900.0, gt=0)
+
+
+def _network(value: str) -> str:
+    try:
+        return str(ipaddress.ip_network(value.strip(), strict=False))
+    except ValueError:
+        raise ValueError(
+            f"{value!r} is not an IP network (e.g. \"192.0.2.0/24\", \"2001:db8::/32\", "
+            "\"127.0.0.1\")"
+        ) from None
+
+
+class RelaySettings(_Section):
+    """Who may send mail to non-local domains (never an open relay).
+
+    Attributes:
+        trusted_networks: client networks allowed to relay without AUTH, e.g.
+            ``["192.0.2.0/24"]``. Empty by default: even loopback must be listed.
+        host: the smarthost ``"host:port"`` (or ``"host"`` for port 587, ``"[v6]:port"``)
+            through which all non-local mail goes, or None to deliver by MX.
+        tls: how to reach the smarthost: ``starttls`` (RFC 3207), ``implicit`` (RFC 8314
+            §3.3) or ``none``; AUTH is only ever sent over TLS unless this is ``none``.
+        username: the SMTP AUTH (PLAIN or LOGIN) user at the smarthost, or None for no
+            AUTH.
+        password_file: a file whose first line is the password (keep it mode 0600).
+        verify: check the smarthost's certificate and name.
+    """
+
+    trusted_networks: list[Annotated[str, AfterValidator(_network)]] = Field(
+        default_factory=list
+    )
+    host: str | None = None
+    tls: Literal["starttls", "implicit", "none"] = "starttls"
+    username: str | None = None
+    password_file: ConfigPath | None = None
+    verify: bool = False
+
+    @field_validator("host")
+    @classmethod
+    def _check_relay_host(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        text = value.strip()
+        if ":" not in text or (text.startswith("[") and text.endswith("]")):
+            text = f"{text}:587"
+        host, _ = parse_host_port(text)
+        if not host.startswith("[") and ":" not in host:
+            to_a_labels(host)
+        return text
+
+    @model_validator(mode="after")
+    def _password_with_user(self) -> RelaySettings:
+        if self.username is not None and self.password_file is None:
+            raise ValueError("username needs password_file (a file holding the password)")
+        return self
+
+
+def _nameserver(value: str) -> str:
+    text = value.strip()
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        pass
+    try:
+        host, port = parse_host_port(text)
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(
+            f"{value!r} is not a name server address (e.g. \"192.0.2.53\", "
+            "\"127.0.0.1:5353\", \"[::1]:53\")"
+        ) from None
+    if port == 0:
+        raise ValueError(f"{value!r}: port 0 is not a name server port")
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+class DnsSettings(_Section):
+    """How outbound delivery resolves MX and address records.
+
+    Attributes:
+        nameservers: resolver addresses, ``"ip"`` or ``"ip:port"`` (``"[v6]:port"``);
+            empty means the system resolver (``/etc/resolv.conf``).
+        timeout: seconds one lookup may take over all servers and retries; a lookup that
+            times out defers delivery.
+    """
+
+    nameservers: list[Annotated[str, AfterValidator(_nameserver)]] = Field(
+        default_factory=list
+    )
+    timeout: Duration = Field(default=10.0, gt=0)
+
+
+def _ip_of_family(version: int) -> Callable[[str | None], str | None]:
+    def check(value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            address = ipaddress.ip_address(value.strip())
+        except ValueError:
+            raise ValueError(f"{value!r} is not an IPv{version} address") from None
+        if address.version != version:
+            raise ValueError(f"{value!r} is not an IPv{version} address")
+        return str(address)
+
+    return check
+
+
+class DeliverySettings(_Section):
+    """Outbound delivery over SMTP (the MTA client, RFC 5321 §5 and §4.5.3.2).
+
+    Attributes:
+        smtp_port: the port of remote MX hosts (25; tests use another).
+        helo_name: the name in EHLO; default: ``server.hostname``.
+        source_ipv4: the local IPv4 address to connect from, or None for any.
+        source_ipv6: the local IPv6 address to connect from, or None for any.
+        connections_per_destination: connections open at once to one destination (a
+            domain, or a route's next hop).
+        max_connections: outbound connections open at once in total.
+        connect_timeout: seconds to open a connection (and finish a TLS handshake).
+        command_timeout: seconds to wait for a reply to MAIL or RCPT; the other limits of
+            RFC 5321 §4.5.3.2 scale with it (greeting 1x, DATA 0.4x, each content block
+            0.6x, end of data 2x).
+        idle_time: seconds an idle connection is kept for the next message to the same
+            destination.
+        max_messages_per_connection: messages one connection carries before it is closed.
+        max_recipients_per_transaction: RCPT commands in one transaction (RFC 5321
+            §4.5.3.1.8 makes servers take at least 100); more go in further transactions.
+        tls: TLS towards MX hosts: ``opportunistic`` (STARTTLS when offered) or ``none``.
+    """
+
+    smtp_port: int = Field(default=25, ge=1, le=65535)
+    helo_name: DomainName | None = None
+    source_ipv4: Annotated[str | None, AfterValidator(_ip_of_family(4))] = None
+    source_ipv6: Annotated[str | None, AfterValidator(_ip_of_family(6))] = None
+    connections_per_destination: int = Field(default=20, ge=1)
+    max_connections: int = Field(default=100, ge=1)
+    connect_timeout: Duration = Field(default=30.0, gt=0)
+    command_timeout: Duration = Field(default=300.0, gt=0)
+    idle_time: Duration = Field(default=5.0, ge=0)
+    max_messages_per_connection: int = Field(default=100, ge=1)
+    max_recipients_per_transaction: int = Field(default=100, ge=1)
+    tls: Literal["opportunistic", "none"] = "opportunistic"
+
+
+def _check_routes(value: dict[str, str]) -> dict[str, str]:
+    from pigeon.routing.transport import RouteError, parse_route, route_key
+
+    out: dict[str, str] = {}
+    problems: list[str] = []
+    for key, route in value.items():
+        try:
+            parse_route(route)
+            out[route_key(key)] = route.strip()
+        except RouteError as exc:
+            problems.append(str(exc))
+    if problems:
+        raise ValueError("; ".join(problems))
+    return out
+
+
 class Settings(_Section):
     """Everything Pigeon is configured with; the root of the TOML file.
 
@@ -532,10 +776,19 @@ class Settings(_Section):
     limits: LimitSettings = Field(default_factory=LimitSettings)
     timeouts: TimeoutSettings = Field(default_factory=TimeoutSettings)
     smtp: SmtpSettings = Field(default_factory=SmtpSettings)
+    pop3: Pop3Settings = Field(default_factory=Pop3Settings)
     mailbox: list[MailboxSettings] = Field(default_factory=list)
     queue: QueueSettings = Field(default_factory=QueueSettings)
     aliases: AliasSettings = Field(default_factory=AliasSettings)
     log: LogSettings = Field(default_factory=LogSettings)
+    tls: TlsSettings = Field(default_factory=TlsSettings)
+    auth: AuthSettings = Field(default_factory=AuthSettings)
+    relay: RelaySettings = Field(default_factory=RelaySettings)
+    dns: DnsSettings = Field(default_factory=DnsSettings)
+    delivery: DeliverySettings = Field(default_factory=DeliverySettings)
+    routes: Annotated[dict[str, str], AfterValidator(_check_routes)] = Field(
+        default_factory=dict
+    )
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Settings:
@@ -781,6 +1034,14 @@ max_errors = 20
 # (RFC 5321 §4.5.3.1.6 and §4.5.3.1.4; these are the minimums).
 max_line_length = 1000
 max_command_length = 512
+# New connections one client address may open per minute (0: no limit).
+connections_per_minute_per_ip = 600
+# Messages one client address, and one authenticated user, may start per minute; beyond
+# it MAIL gets "450 4.7.1" (0: no limit).
+messages_per_minute_per_ip = 0
+messages_per_minute_per_user = 300
+# Recipients refused as unknown in one session before it is closed (harvest defence).
+max_unknown_recipients = 20
 
 [timeouts]
 # Wait for the next command (RFC 5321 §4.5.3.2.7: at least 5 minutes).
@@ -799,6 +1060,11 @@ vrfy = "ambiguous"
 expn = false
 # Text after the hostname in the 220 greeting.
 banner = "ESMTP Pigeon"
+
+[pop3]
+# Close a silent session after this, without applying its deletions (RFC 1939 §3: at
+# least 10 minutes).
+autologout = "10m"
 
 # Local mailboxes. The domain must be one of domains.local. quota is a size; leave it
 # out for no limit.
@@ -829,4 +1095,82 @@ file = "/etc/pigeon/aliases"
 level = "INFO"
 # The log always goes to stderr; also append it to this file.
 file = "/var/log/pigeon/pigeon.log"
+
+[dns]
+# Name servers for MX and address lookups, "ip" or "ip:port"; leave it out (or empty)
+# for the system resolver.
+nameservers = ["127.0.0.53"]
+# Seconds one lookup may take; a lookup that times out defers the delivery.
+timeout = "10s"
+
+[delivery]
+# Port of remote MX hosts.
+smtp_port = 25
+# Name said in EHLO; defaults to server.hostname.
+helo_name = "mail.example.org"
+# Local addresses to send from; leave them out to let the system choose.
+source_ipv4 = "192.0.2.25"
+source_ipv6 = "2001:db8::25"
+# Connections open at once to one destination, and in total.
+connections_per_destination = 20
+max_connections = 100
+# Time limits (RFC 5321 §4.5.3.2): connecting, and the reply to MAIL/RCPT (the other
+# limits scale with it: DATA 2m, each block of content 3m, end of data 10m).
+connect_timeout = "30s"
+command_timeout = "5m"
+# An idle connection is kept this long for the next message to the same destination,
+# and carries at most this many messages.
+idle_time = "5s"
+max_messages_per_connection = 100
+# RCPT commands per transaction; more recipients go in further transactions.
+max_recipients_per_transaction = 100
+# TLS towards MX hosts: "opportunistic" (STARTTLS when offered) or "none".
+tls = "opportunistic"
+
+[routes]
+# Next hops by recipient domain, like Postfix's transport(5). Keys: "example.org" (that
+# domain), ".example.org" (its subdomains) or "*" (everything else). Values:
+# "smtp:host" (MX lookup for host), "smtp:[host]:port" or "smtp:[192.0.2.10]:2526" (no MX
+# lookup), "smtp:" (MX lookup for the recipient's domain).
+"partner.example" = "smtp:[192.0.2.10]:2526"
+".internal.example.org" = "smtp:mx.internal.example.org"
+
+[tls]
+# Certificate chain and key in PEM, read again on SIGHUP. Leave both out to use a
+# self-signed certificate for server.hostname, made at first start in <data_dir>/tls/.
+cert = "/etc/pigeon/tls/fullchain.pem"
+key = "/etc/pigeon/tls/privkey.pem"
+
+[auth]
+# Offer AUTH on the smtp listener too (after STARTTLS); users normally use 587/465.
+on_smtp = false
+# Offer AUTH without TLS to clients on 127.0.0.0/8 and ::1 (e.g. a local webmail).
+allow_plaintext_on_loopback = false
+# Authenticated users may only send as their own address, its +tag forms and aliases.
+sender_login_match = true
+# After this many failed logins from one address, each further failure waits failure_delay;
+# at max_failures_per_ip within failure_window the address is blocked for block_time.
+failures_before_delay = 3
+failure_delay = "2s"
+max_failures_per_ip = 10
+failure_window = "15m"
+block_time = "15m"
+# Failed logins for one account (from any address) before it is locked; 0 never locks.
+account_lockout_failures = 30
+account_lockout_time = "15m"
+
+[relay]
+# Client networks that may relay without AUTH (e.g. your web servers). Empty by default:
+# unauthenticated clients, even on loopback, only reach local domains.
+trusted_networks = ["192.0.2.0/24", "2001:db8::/32"]
+# Send all non-local mail through this smarthost ("host:port"; port 587 when left out)
+# instead of delivering by MX, e.g. where port 25 is blocked. Leave host out to use MX.
+host = "smtp.provider.example:587"
+# "starttls", "implicit" (port 465) or "none"; AUTH is only sent over TLS unless "none".
+tls = "starttls"
+# SMTP AUTH at the smarthost; the password is the first line of password_file.
+username = "mail@example.org"
+password_file = "/etc/pigeon/relay-password"
+# Check the smarthost's certificate against the system's trusted CAs.
+verify = true
 """

@@ -42,6 +42,10 @@ class PigeonServer:
         sections: extra config as ``{"limits": {"max_message_size": 10240}, ...}``.
         mailboxes: mailbox addresses to configure.
         listeners: listener kinds to bind on 127.0.0.1 port 0.
+        users: ``{address: password}``: users (mailboxes with a password) created in
+            the account store before the server starts.
+        listen_host: the address every listener binds (e.g. 127.0.0.2 for a second host).
+        listen_ports: fixed ports by listener kind (others get port 0).
     """
 
     root: Path
@@ -53,6 +57,9 @@ class PigeonServer:
     proc: subprocess.Popen[str] | None = None
     ports: dict[str, int] = field(default_factory=dict)
     output: list[str] = field(default_factory=list)
+    users: dict[str, str] = field(default_factory=dict)
+    listen_host: str = "127.0.0.1"
+    listen_ports: dict[str, int] = field(default_factory=dict)
 
     @property
     def data_dir(self) -> Path:
@@ -77,7 +84,8 @@ class PigeonServer:
             "",
         ]
         for kind in self.listeners:
-            lines += ["[[listener]]", f'kind = "{kind}"', 'address = "127.0.0.1:0"', ""]
+            address = f"{self.listen_host}:{self.listen_ports.get(kind, 0)}"
+            lines += ["[[listener]]", f'kind = "{kind}"', f'address = "{address}"', ""]
         for address in self.mailboxes:
             lines += ["[[mailbox]]", f"address = {_toml_value(address)}", ""]
         for name, values in self.sections.items():
@@ -88,9 +96,26 @@ class PigeonServer:
         self.config_path.write_text("\n".join(lines), encoding="utf-8")
         return self.config_path
 
+    def create_users(self) -> None:
+        """Create :attr:`users` in the account store (the server need not run)."""
+        if not self.users:
+            return
+        from pigeon.auth.passwords import hash_password
+        from pigeon.storage.sqlite.accounts import AccountStore
+
+        store = AccountStore(self.data_dir / "accounts.db")
+        try:
+            for address, password in self.users.items():
+                if store.get_mailbox(address) is None:
+                    store.add_mailbox(address)
+                store.set_password_hash(address, hash_password(password))
+        finally:
+            store.close()
+
     def start(self, timeout: float = 30.0) -> PigeonServer:
         """Start the server and wait until it prints its listeners."""
         self.write_config()
+        self.create_users()
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         self.ports = {}
         self.proc = subprocess.Popen(
@@ -153,12 +178,14 @@ class PigeonServer:
         """Files in the ``new`` and ``cur`` folders of a mailbox, sorted by name."""
         local, _, domain = address.partition("@")
         base = self.data_dir / "mail" / domain / local
-        files = []
+        files: list[Path] = []
         for sub in ("new", "cur"):
             d = base / sub
             if d.is_dir():
-                files += sorted(d.iterdir())
-        return files
+                files += d.iterdir()
+        # Oldest first. Maildir names do not sort by time (the microsecond field is not
+        # zero-padded), so order by modification time, then name.
+        return sorted(files, key=lambda p: (p.stat().st_mtime_ns, p.name))
 
     def rss_bytes(self) -> int:
         """Resident memory of the server process, from /proc."""

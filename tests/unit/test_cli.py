@@ -64,7 +64,8 @@ def test_help_lists_commands(runner: CliRunner) -> None:
     result = runner.invoke(cli, ["--help"])
     assert result.exit_code == 0
     commands = result.stdout.split("Commands:\n", 1)[1].splitlines()
-    assert [line.split()[0] for line in commands] == ["config", "mailbox", "queue", "serve"]
+    assert [line.split()[0] for line in commands] == [
+        "bulk", "config", "domain", "mailbox", "queue", "send", "sendmail", "serve", "user"]
 
 
 def test_config_example(runner: CliRunner) -> None:

@@ -11,9 +11,14 @@ from pathlib import Path
 import click
 
 from pigeon.cli import config_option, load_or_exit
+from pigeon.cli.bulk import bulk
 from pigeon.cli.config_cmd import config
+from pigeon.cli.domain import domain_group
 from pigeon.cli.mailbox import mailbox_group
 from pigeon.cli.queue import queue_group
+from pigeon.cli.send import send
+from pigeon.cli.sendmail import sendmail
+from pigeon.cli.user import user_group
 from pigeon.log import setup_logging
 
 __all__ = ["cli", "main"]
@@ -46,6 +51,11 @@ def serve(config_path: Path | None) -> None:
 cli.add_command(config)
 cli.add_command(mailbox_group)
 cli.add_command(queue_group)
+cli.add_command(user_group)
+cli.add_command(domain_group)
+cli.add_command(send)
+cli.add_command(sendmail)
+cli.add_command(bulk)
 
 
 def main() -> None:

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 from pigeon.mail.reply import Reply
 from pigeon.net.smtp_session import SessionContext, SmtpServices, SmtpSession
+from pigeon.policy.limits import RateLimiter
 
 __all__ = ["BoundListener", "ListenerSet"]
 
@@ -74,6 +75,9 @@ class ListenerSet:
         self._ids = itertools.count(1)
         self._prefix = f"{os.getpid():x}"
         self._closing = False
+        self._connection_rate = RateLimiter(
+            getattr(settings.limits, "connections_per_minute_per_ip", 0)  # type: ignore[attr-defined]
+        )
 
     @property
     def session_count(self) -> int:
@@ -128,10 +132,18 @@ class ListenerSet:
             refusal = Reply(
                 421, "4.7.0", f"{hostname} Error: too many connections from your address"
             )
+        elif not self._connection_rate.allow(address):
+            refusal = Reply(
+                421, "4.7.0",
+                f"{hostname} Error: too many connections from your address; try again later",
+            )
         if refusal is not None:
             log.warning("refused connection from [%s]: %s", address, refusal)
+            wire = refusal.to_bytes(enhanced_codes=False)
+            if kind in ("pop3", "pop3s"):  # RFC 1939 §3 greeting form, RFC 3206 code
+                wire = f"-ERR [SYS/TEMP] {refusal.text}\r\n".encode()
             with contextlib.suppress(Exception):
-                writer.write(refusal.to_bytes(enhanced_codes=False))
+                writer.write(wire)
                 await asyncio.wait_for(writer.drain(), 2.0)
                 writer.close()
             return
