@@ -46,6 +46,7 @@ from pigeon.auth.service import is_loopback
 from pigeon.log import sanitize
 from pigeon.mail.reply import Reply
 from pigeon.net.smtp_session import SessionContext
+from pigeon.net.streams import discard_buffered
 from pigeon.protocol.pop3 import _events as ev
 from pigeon.protocol.pop3._data import TopFilter
 from pigeon.protocol.pop3._response import Challenge, Response, refusal_response
@@ -308,7 +309,7 @@ class Pop3Session:
             return False
         with contextlib.suppress(Exception):
             self.writer.transport.pause_reading()  # type: ignore[attr-defined]
-        discarded = _discard_buffered(self.reader)
+        discarded = discard_buffered(self.reader)
         if discarded:
             self._log(logging.WARNING, "discarded %d octets sent after STLS", discarded)
         await self._flush()
@@ -538,17 +539,3 @@ class Pop3Session:
                             code="SYS/TEMP")
         count = len(maildrop.messages) - self._removed
         return Response(True, f"{bye} ({count} messages left)")
-
-
-def _discard_buffered(reader: asyncio.StreamReader) -> int:
-    """Drop what the reader has received but the session has not read; return its size.
-
-    asyncio has no public call for this; the reader's buffer is a ``bytearray`` named
-    ``_buffer`` in CPython's :mod:`asyncio.streams` (also under uvloop, which reuses it).
-    """
-    buffer = getattr(reader, "_buffer", None)
-    if not isinstance(buffer, bytearray):
-        return 0
-    size = len(buffer)
-    buffer.clear()
-    return size

@@ -51,6 +51,7 @@ from pigeon.log import sanitize
 from pigeon.mail.address import ForwardPath
 from pigeon.mail.envelope import Envelope, Recipient
 from pigeon.mail.reply import Reply
+from pigeon.net.streams import discard_buffered
 from pigeon.policy.limits import RateLimiter
 from pigeon.policy.relay import SENDER_NOT_OWNED, RelayPolicy, sender_allowed
 from pigeon.policy.submission import HeaderFixup
@@ -330,7 +331,7 @@ class SmtpSession:
         transport: Any = self.writer.transport
         with contextlib.suppress(Exception):
             transport.pause_reading()
-        discarded = _discard_buffered(self.reader)
+        discarded = discard_buffered(self.reader)
         if discarded:
             self._log(logging.WARNING, "discarded %d octets sent after STARTTLS", discarded)
         try:
@@ -639,17 +640,3 @@ class SmtpSession:
             with contextlib.suppress(Exception):
                 self._spool.abort()
             self._spool = None
-
-
-def _discard_buffered(reader: asyncio.StreamReader) -> int:
-    """Drop what the reader has received but the session has not read; return its size.
-
-    asyncio has no public call for this; the reader's buffer is a ``bytearray`` named
-    ``_buffer`` in CPython's :mod:`asyncio.streams` (also under uvloop, which reuses it).
-    """
-    buffer = getattr(reader, "_buffer", None)
-    if not isinstance(buffer, bytearray):
-        return 0
-    size = len(buffer)
-    buffer.clear()
-    return size

@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 
 from pigeon.config import Settings
-from pigeon.net.smtp_session import SessionContext, SmtpServices, SmtpSession, _discard_buffered
+from pigeon.net.smtp_session import SessionContext, SmtpServices, SmtpSession
+from pigeon.net.streams import discard_buffered
 from pigeon.net.tls import TlsProvider
 from pigeon.protocol.smtp._state import State
 from pigeon.protocol.smtp.server import ServerConfig
@@ -20,9 +21,9 @@ from pigeon.protocol.smtp.server import ServerConfig
 def test_discard_buffered() -> None:
     async def main() -> None:
         reader = asyncio.StreamReader()
-        assert _discard_buffered(reader) == 0
+        assert discard_buffered(reader) == 0
         reader.feed_data(b"MAIL FROM:<a@example.net>\r\n")
-        assert _discard_buffered(reader) == 27
+        assert discard_buffered(reader) == 27
         reader.feed_data(b"NOOP\r\n")
         assert await reader.read(100) == b"NOOP\r\n"
 
