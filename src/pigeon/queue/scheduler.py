@@ -32,6 +32,15 @@ The background loop (:meth:`Scheduler.run`) sleeps until the next due time, unti
 :meth:`Scheduler.wake`, or at most :data:`POLL_INTERVAL` seconds: that bound is how changes
 made by the ``pigeon queue`` tools in ``queue.db`` (flush, retry, release, bounce) are
 noticed while the server runs.
+
+A message just queued is handed over whole (:meth:`Scheduler.offer`) and its first attempt
+starts at once, without reading it back from the index, while fewer than
+``delivery_concurrency`` × :data:`OFFER_FACTOR` messages are in flight; past that it waits
+for a pass like any other. The index writes of all attempts (claims, results, removals) go
+through the queue's group commit (the ``write`` argument): one transaction for many
+messages. Only results are written durably (they must be on disk before a spool file is
+removed); claims and removals may be undone by an OS crash, which repeats an attempt at
+most.
 """
 
 from __future__ import annotations
@@ -41,14 +50,16 @@ import importlib
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from types import ModuleType
-from typing import Any
+from typing import Any, TypeVar
 
 from pigeon.delivery.base import DeliveryAgent
 from pigeon.queue.model import FINAL_STATES, AttemptResult, QueuedMessage, QueuedRecipient
 from pigeon.storage.ports import CorruptEntryError, DsnAction, QueueStore, RecipientUpdate
 
 __all__ = [
+    "OFFER_FACTOR",
     "POLL_INTERVAL",
     "REMOTE_UNAVAILABLE",
     "RetryPolicy",
@@ -62,6 +73,9 @@ log = logging.getLogger("pigeon.queue.scheduler")
 # Seconds between two reads of the index when nothing woke the scheduler: the delay after
 # which a `pigeon queue flush/retry/release/bounce` run in another process takes effect.
 POLL_INTERVAL = 2.0
+# Freshly queued messages start at once while fewer than concurrency × OFFER_FACTOR messages
+# are in flight (the excess waits for the delivery slots in memory, not in the index).
+OFFER_FACTOR = 4
 # The most queue ids one test/CLI pass (run_due_once) picks up.
 _PASS_LIMIT = 100_000
 # 2**62 seconds is far beyond any retry_max; bounding the exponent avoids float overflow.
@@ -69,6 +83,13 @@ _MAX_DOUBLINGS = 62
 
 REMOTE_UNAVAILABLE = AttemptResult("deferred", 451, "4.4.0", "remote delivery not available yet")
 _AGENT_ERROR = AttemptResult("deferred", 451, "4.3.0", "local error in processing")
+
+T = TypeVar("T")
+Write = Callable[[Callable[[], Any], bool], Awaitable[Any]]
+
+
+async def _write_in_thread(call: Callable[[], T], durable: bool) -> T:
+    return await asyncio.to_thread(call)
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,6 +222,8 @@ class Scheduler:
             the message's reverse-path cannot receive one.
         discard_spool: removes a finished message's spool file.
         quarantine: moves an unusable entry aside (queue id, reason).
+        write: runs an index write ``(call, durable)`` and returns its result; the queue
+            passes its group commit. Default: each write in its own thread and transaction.
 
     Attributes:
         dsns_sent: DSNs queued by this scheduler.
@@ -218,6 +241,7 @@ class Scheduler:
         send_dsn: Callable[[QueuedMessage, bytes], Awaitable[str | None]],
         discard_spool: Callable[[str], object],
         quarantine: Callable[[str, str], object],
+        write: Write | None = None,
     ) -> None:
         self.store = store
         self.agents = dict(agents)
@@ -229,6 +253,9 @@ class Scheduler:
         self._send_dsn = send_dsn
         self._discard_spool = discard_spool
         self._quarantine = quarantine
+        self._write = write or _write_in_thread
+        self._running = False
+        self._backlog = False
         self._slots = asyncio.Semaphore(self.concurrency)
         self._wake = asyncio.Event()
         self.in_flight: dict[str, asyncio.Task[int]] = {}
@@ -238,6 +265,24 @@ class Scheduler:
     def wake(self) -> None:
         """Ask the background loop for a pass now (a hint; the index is the truth)."""
         self._wake.set()
+
+    def offer(self, message: QueuedMessage) -> bool:
+        """Start the first attempt of a message just queued, from memory.
+
+        Args:
+            message: the message as committed (recipient ids set).
+
+        Returns:
+            True when a delivery task was started; False when the background loop is not
+            running or too many messages are in flight (a pass will pick it up).
+        """
+        if not self._running or message.queue_id in self.in_flight:
+            return False
+        if len(self.in_flight) >= self.concurrency * OFFER_FACTOR:
+            self._backlog = True
+            return False
+        self._spawn(message.queue_id, message)
+        return True
 
     async def run_due_once(self) -> int:
         """Run one complete pass: pending DSNs, then every due message, to completion.
@@ -255,10 +300,18 @@ class Scheduler:
 
     async def run(self) -> None:
         """The background loop; runs until cancelled."""
+        self._running = True
+        try:
+            await self._loop()
+        finally:
+            self._running = False
+
+    async def _loop(self) -> None:
         while True:
             try:
                 await self._process_events()
                 blocked = await self._dispatch()
+                self._backlog = blocked
                 if blocked:
                     timeout = POLL_INTERVAL
                 else:
@@ -305,30 +358,34 @@ class Scheduler:
             self._spawn(queue_id)
         return len(fresh) > free or len(fresh) < len(ids)
 
-    def _spawn(self, queue_id: str) -> asyncio.Task[int]:
-        task = asyncio.create_task(self._attempt_guarded(queue_id), name=f"deliver {queue_id}")
+    def _spawn(self, queue_id: str, message: QueuedMessage | None = None) -> asyncio.Task[int]:
+        task = asyncio.create_task(
+            self._attempt_guarded(queue_id, message), name=f"deliver {queue_id}"
+        )
         self.in_flight[queue_id] = task
 
         def done(_: asyncio.Task[int]) -> None:
             if self.in_flight.get(queue_id) is task:
                 del self.in_flight[queue_id]
-            self._wake.set()
+            if self._backlog or not self._running:
+                self._wake.set()
 
         task.add_done_callback(done)
         return task
 
-    async def _attempt_guarded(self, queue_id: str) -> int:
+    async def _attempt_guarded(self, queue_id: str, message: QueuedMessage | None) -> int:
         try:
             async with self._slots:
-                return await self._attempt(queue_id)
+                return await self._attempt(queue_id, message)
         except asyncio.CancelledError:
             raise
         except Exception:
             log.exception("%s: delivery task failed", queue_id)
             return 0
 
-    async def _attempt(self, queue_id: str) -> int:
-        message = await self._load(queue_id)
+    async def _attempt(self, queue_id: str, fresh: QueuedMessage | None = None) -> int:
+        """One attempt at a message's due recipients; ``fresh``: the message just queued."""
+        message = fresh if fresh is not None else await self._load(queue_id)
         if message is None:
             return 0
         now = self.clock()
@@ -338,11 +395,11 @@ class Scheduler:
         ]
         if not due:
             return 0
-        if not await asyncio.to_thread(message.spool_path.is_file):
+        if fresh is None and not await asyncio.to_thread(message.spool_path.is_file):
             await asyncio.to_thread(self._quarantine, queue_id, "spool file missing")
             return 0
         claims = [(r.id, now + self.policy.delay(r.attempts + 1)) for r in due]
-        claimed = set(await asyncio.to_thread(self.store.begin_attempt, claims, now))
+        claimed = set(await self._write(partial(self.store.begin_attempt, claims, now), False))
         for r, (_, next_attempt_at) in zip(due, claims, strict=True):
             if r.id in claimed:
                 r.attempts += 1
@@ -364,12 +421,17 @@ class Scheduler:
             for batch in batches
             for r, result, may_expire in batch
         ]
-        await asyncio.to_thread(self.store.record, updates)
+        changed = await self._write(partial(self.store.record, updates), True)
         for r, result, _ in (item for batch in batches for item in batch):
             log.info("%s: to=<%s> attempt=%d status=%s (%d %s %s)%s", queue_id, r.address,
                      r.attempts, result.status, result.code, result.enhanced, result.text,
                      f" via {result.remote_host}" if result.remote_host else "")
-        await self._finish(queue_id)
+        if (changed == len(updates) == len(message.recipients)
+                and all(u.state in FINAL_STATES and u.dsn_action is None for u in updates)):
+            # Every recipient is now final, with no DSN to send: nothing to read back.
+            await self._remove(queue_id)
+        else:
+            await self._finish(queue_id)
         return len(due)
 
     async def _deliver(
@@ -429,15 +491,19 @@ class Scheduler:
             return
         if events:
             await self._send_events(message, events)
-            await asyncio.to_thread(self.store.clear_events, list(events))
+            await self._write(partial(self.store.clear_events, list(events)), False)
         if all(r.state in FINAL_STATES for r in message.recipients):
-            # The spool file first, then the rows: a crash in between leaves a finished
-            # entry without content, which the next start simply removes. The other order
-            # would leave a spool file without rows, indistinguishable from a message that
-            # was never acknowledged, and recovery would move it to spool/corrupt.
-            await asyncio.to_thread(self._discard_spool, queue_id)
-            await asyncio.to_thread(self.store.delete, queue_id)
-            log.info("%s: removed (all recipients done)", queue_id)
+            await self._remove(queue_id)
+
+    async def _remove(self, queue_id: str) -> None:
+        """Remove a message whose recipients are all final (their states are durable)."""
+        # The spool file first, then the rows: a crash in between leaves a finished
+        # entry without content, which the next start simply removes. The other order
+        # would leave a spool file without rows, indistinguishable from a message that
+        # was never acknowledged, and recovery would move it to spool/corrupt.
+        await asyncio.to_thread(self._discard_spool, queue_id)
+        await self._write(partial(self.store.delete, queue_id), False)
+        log.info("%s: removed (all recipients done)", queue_id)
 
     async def _send_events(self, message: QueuedMessage, events: dict[int, DsnAction]) -> None:
         notify = self._notify_predicate(message)

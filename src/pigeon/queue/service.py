@@ -46,7 +46,7 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from pigeon.delivery.base import DeliveryAgent
 from pigeon.mail.address import ForwardPath, ReversePath, parse_mailbox
@@ -65,6 +65,8 @@ if TYPE_CHECKING:
 __all__ = ["QueueBusyError", "QueueService", "RecoveryReport", "SpoolWriter"]
 
 log = logging.getLogger("pigeon.queue")
+
+T = TypeVar("T")
 
 QUEUE_WRITE_FAILED = Reply(451, "4.3.0", "Requested action aborted: error in queue storage")
 ROUTING_FAILED = Reply(451, "4.3.0", "Requested action aborted: error in recipient routing")
@@ -111,6 +113,13 @@ class _Pending:
     future: asyncio.Future[None]
 
 
+@dataclass(slots=True)
+class _StoreWrite:
+    call: Callable[[], Any]
+    durable: bool
+    future: asyncio.Future[Any]
+
+
 class QueueService:
     """The durable store-and-forward queue.
 
@@ -149,6 +158,7 @@ class QueueService:
         self._store = store
         self._scheduler: Scheduler | None = None
         self._pending: list[_Pending] = []
+        self._writes: list[_StoreWrite] = []
         self._pending_event: asyncio.Event | None = None
         self._committer: asyncio.Task[None] | None = None
         self._commit_thread: ThreadPoolExecutor | None = None
@@ -209,6 +219,7 @@ class QueueService:
             send_dsn=self._send_dsn,
             discard_spool=self.spool.discard,
             quarantine=self._quarantine_entry,
+            write=self.write,
         )
         self._closing = False
         self._pending_event = asyncio.Event()
@@ -338,8 +349,34 @@ class QueueService:
         await asyncio.shield(future)
         log.info("%s: queued from=<%s> size=%d nrcpt=%d%s", message.queue_id,
                  message.reverse_path, message.size, len(recipients), " (DSN)" if is_dsn else "")
-        self.wake()
+        if self._scheduler is None or not self._scheduler.offer(message):
+            self.wake()
         return message.queue_id
+
+    async def write(self, call: Callable[[], T], durable: bool) -> T:
+        """Run a write of the queue index in the next group-commit transaction.
+
+        The write shares its transaction (and its fsync) with the enqueues and other writes
+        of the same batch; it runs in the commit thread, inside a ``SAVEPOINT``.
+
+        Args:
+            call: the write, e.g. ``functools.partial(store.record, updates)``.
+            durable: the write must be on stable storage when this returns (the batch then
+                commits with ``synchronous=FULL``); False for writes an OS crash may undo.
+
+        Returns:
+            What ``call`` returned.
+
+        Raises:
+            Exception: what ``call`` raised, or the error that failed the transaction.
+            RuntimeError: the service is not running.
+        """
+        if self._committer is None or self._pending_event is None:
+            return await asyncio.to_thread(call)
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._writes.append(_StoreWrite(call, durable, future))
+        self._pending_event.set()
+        return await asyncio.shield(future)
 
     async def enqueue_bytes(
         self,
@@ -415,17 +452,19 @@ class QueueService:
             await self._pending_event.wait()
             self._pending_event.clear()
             batch, self._pending = self._pending, []
-            if not batch:
+            writes, self._writes = self._writes, []
+            if not batch and not writes:
                 if self._closing:
                     return
                 continue
             try:
-                errors = await asyncio.get_running_loop().run_in_executor(
-                    self._commit_thread, self._commit_batch, batch
+                errors, outcomes = await asyncio.get_running_loop().run_in_executor(
+                    self._commit_thread, self._commit_batch, batch, writes
                 )
             except BaseException as exc:  # the thread itself failed: fail the whole batch
                 log.exception("queue commit failed")
                 errors = [exc] * len(batch)
+                outcomes = [(False, exc)] * len(writes)
             for item, error in zip(batch, errors, strict=True):
                 if item.future.done():
                     continue
@@ -433,24 +472,55 @@ class QueueService:
                     item.future.set_result(None)
                 else:
                     item.future.set_exception(ReplyError(QUEUE_WRITE_FAILED))
+            for write, (ok, value) in zip(writes, outcomes, strict=True):
+                if write.future.done():
+                    continue
+                if ok:
+                    write.future.set_result(value)
+                else:
+                    write.future.set_exception(value)
             if self._closing:
                 self._pending_event.set()
 
-    def _commit_batch(self, batch: list[_Pending]) -> list[BaseException | None]:
-        """Group commit, in the commit thread: fsync files, rename, fsync dir, one transaction."""
-        errors = self.spool.commit([item.writer for item in batch])
+    def _commit_batch(
+        self, batch: list[_Pending], writes: list[_StoreWrite]
+    ) -> tuple[list[BaseException | None], list[tuple[bool, Any]]]:
+        """Group commit, in the commit thread.
+
+        Fsync the new spool files, rename them, fsync the directory; then ONE index
+        transaction with the new messages and the scheduler's writes. Returns an error (or
+        None) per enqueue and ``(ok, result or exception)`` per write.
+        """
+        errors = self.spool.commit([item.writer for item in batch]) if batch else []
         ready = [item.message for item, error in zip(batch, errors, strict=True) if error is None]
-        if ready:
-            try:
-                self.store.insert(ready)
-            except Exception as exc:
-                log.exception("queue index commit failed for %d messages", len(ready))
-                for i, error in enumerate(errors):
-                    if error is None:
-                        self.spool.discard(batch[i].message.queue_id)
-                        errors[i] = exc
+        durable = bool(ready) or any(w.durable for w in writes)
+        insert_error: Exception | None = None
+        outcomes: list[tuple[bool, Any]] = []
+        try:
+            with self.store.batch(durable=durable):
+                if ready:
+                    try:
+                        self.store.insert(ready)
+                    except Exception as exc:
+                        insert_error = exc
+                for write in writes:
+                    try:
+                        outcomes.append((True, write.call()))
+                    except Exception as exc:
+                        outcomes.append((False, exc))
+        except Exception as exc:  # the transaction itself failed: nothing was written
+            log.exception("queue index transaction failed (%d messages, %d writes)",
+                          len(ready), len(writes))
+            insert_error = exc
+            outcomes = [(False, exc)] * len(writes)
+        if ready and insert_error is not None:
+            log.error("queue index commit failed for %d messages: %s", len(ready), insert_error)
+            for i, error in enumerate(errors):
+                if error is None:
+                    self.spool.discard(batch[i].message.queue_id)
+                    errors[i] = insert_error
         self.commit_batches += 1
-        return errors
+        return errors, outcomes
 
     # -- DSNs ------------------------------------------------------------------------------------
 

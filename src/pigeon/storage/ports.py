@@ -13,6 +13,7 @@ conditional update on the rows' current state, never a read-modify-write in Pyth
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
@@ -69,6 +70,18 @@ class QueueStore(Protocol):
     """
 
     transactions: int
+
+    def batch(self, *, durable: bool = True) -> AbstractContextManager[None]:
+        """One transaction for every write made inside the ``with`` block (group commit).
+
+        A write that raises inside the block is undone alone; the others commit together.
+
+        Args:
+            durable: True: on stable storage when the block exits. False: survives a crash
+                of the process; an OS crash may undo it (for attempt records and the removal
+                of finished entries, where that can only repeat work).
+        """
+        ...
 
     def insert(self, messages: Sequence[QueuedMessage]) -> None:
         """Add messages and their recipient rows in ONE transaction (group commit).

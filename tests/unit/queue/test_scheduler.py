@@ -378,3 +378,33 @@ async def test_real_dsn_module_produces_a_report(harness: Harness,
     assert "Final-Recipient: rfc822; bob@example.org" in text
     assert "Action: failed" in text
     assert "Status: 5.1.1" in text
+
+
+async def test_fresh_message_is_delivered_from_memory(tmp_path: Any) -> None:
+    done = asyncio.Event()
+    agent = ScriptedAgent(on_deliver=lambda m, r: done.set())
+    service = QueueService(make_settings(tmp_path), router=TableRouter(),  # type: ignore[arg-type]
+                           agents={"local": agent})
+    await service.start()
+    try:
+        reads = []
+        get = service.store.get
+        service.store.get = lambda q: reads.append(q) or get(q)  # type: ignore[method-assign]
+        queue_id = await service.enqueue_bytes(envelope(), b"Subject: x\r\n\r\nx\r\n")
+        await asyncio.wait_for(done.wait(), 10)
+        await asyncio.wait_for(service.scheduler.drain(10), 20)
+        assert agent.calls == [(queue_id, ["bob@example.org"])]
+        assert reads == []  # neither loaded before the attempt nor read back after it
+        assert service.store.queue_ids() == []
+        assert not (tmp_path / "spool" / "queue" / queue_id).exists()
+    finally:
+        await service.stop()
+
+
+async def test_offer_is_refused_past_the_in_flight_cap(harness: Harness) -> None:
+    scheduler = harness.service.scheduler
+    queue_id = await harness.send()
+    message = harness.store.get(queue_id)
+    assert scheduler.offer(message) is False  # the background loop is not running
+    assert harness.local.calls == []
+    assert await run_at(harness, T0) == 1

@@ -253,3 +253,35 @@ async def test_recovery_of_a_clean_queue_moves_nothing(harness: Harness) -> None
     assert report is not None
     assert (report.messages, report.tmp_moved, report.orphans_moved, report.corrupt_entries,
             report.missing_spool, report.moved) == (0, 0, 0, 0, 0, [])
+
+
+async def test_store_writes_share_the_enqueue_transaction(harness: Harness) -> None:
+    store, service = harness.store, harness.service
+    first = await harness.send()
+    recipient_id = store.get(first).recipients[0].id
+    transactions, batches = store.transactions, service.commit_batches
+    writer = service.open_spool()
+    writer.write(CONTENT)
+    second, claimed, deleted = await asyncio.gather(
+        service.enqueue(envelope(), writer),
+        service.write(lambda: store.begin_attempt([(recipient_id, T0 + 300)], T0), False),
+        service.write(lambda: store.delete("no-such-id"), False),
+    )
+    assert (claimed, deleted) == ([recipient_id], False)
+    assert store.transactions == transactions + 1
+    assert service.commit_batches == batches + 1
+    assert store.get(first).recipients[0].attempts == 1
+    assert store.queue_ids() == sorted([first, second])
+
+
+async def test_a_failing_store_write_fails_alone(harness: Harness) -> None:
+    service = harness.service
+
+    def broken() -> None:
+        raise sqlite3.OperationalError("disk I/O error")
+
+    results = await asyncio.gather(
+        service.write(broken, True), harness.send(), return_exceptions=True
+    )
+    assert isinstance(results[0], sqlite3.OperationalError)
+    assert harness.store.queue_ids() == [results[1]]

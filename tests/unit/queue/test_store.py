@@ -249,3 +249,46 @@ def test_a_second_connection_sees_commits(store: SqliteQueueStore, tmp_path: Pat
     got = store.get(m.queue_id)
     assert got is not None and got.recipients[0].state == "held"
     other.close()
+
+
+def test_batch_is_one_transaction_and_a_failing_write_is_undone_alone(
+    store: SqliteQueueStore,
+) -> None:
+    a, b = message("a@example.org"), message("b@example.org")
+    store.insert([a, b])
+    before = store.transactions
+    ra, rb = a.recipients[0].id, b.recipients[0].id
+    with store.batch(durable=False):
+        assert store.begin_attempt([(ra, T0 + 300)], T0) == [ra]
+        with pytest.raises(sqlite3.IntegrityError):
+            # A duplicate queue id: this insert fails inside its own savepoint...
+            store.insert([a])
+        # ...and the other writes of the batch still commit.
+        assert store.begin_attempt([(rb, T0 + 300)], T0) == [rb]
+        store.delete(b.queue_id)
+    assert store.transactions == before + 1
+    got = store.get(a.queue_id)
+    assert got is not None
+    assert [(r.attempts, r.next_attempt_at) for r in got.recipients] == [(1, T0 + 300)]
+    assert store.queue_ids() == [a.queue_id]
+
+
+def test_batch_sync_level(store: SqliteQueueStore) -> None:
+    seen = []
+    with store.batch(durable=False):
+        seen.append(store._db.execute("PRAGMA synchronous").fetchone()[0])
+    with store.batch(durable=True):
+        seen.append(store._db.execute("PRAGMA synchronous").fetchone()[0])
+    seen.append(store._db.execute("PRAGMA synchronous").fetchone()[0])
+    assert seen == [1, 2, 2]  # NORMAL inside a non-durable batch, FULL otherwise
+
+
+def test_batch_rolls_back_everything_when_its_body_raises(store: SqliteQueueStore) -> None:
+    before = store.transactions
+    with pytest.raises(RuntimeError), store.batch():
+        store.insert([message()])
+        raise RuntimeError("stop")
+    assert store.transactions == before
+    assert store.queue_ids() == []
+    with pytest.raises(RuntimeError, match="does not nest"), store.batch(), store.batch():
+        pass

@@ -5,8 +5,17 @@ One connection per store object, shared between threads under a lock
 with the ``pigeon queue`` tools while the server runs:
 
 - ``journal_mode=WAL``: readers never block the writer and the writer never blocks readers;
-- ``synchronous=FULL``: a commit is on stable storage when ``COMMIT`` returns (the queue
-  promises ``250`` only after that);
+- ``synchronous=FULL`` for every transaction that a promise rests on (a new message: the
+  queue answers ``250`` only after its commit returns; final delivery states, before the
+  spool file goes); :meth:`SqliteQueueStore.batch` may ask for ``NORMAL`` when the
+  transaction only records attempts or removes finished rows: in WAL mode a ``NORMAL``
+  commit survives a crash of the process, and only an OS crash or power loss may undo it,
+  which can cause a repeated attempt, never a lost message. The next ``FULL`` commit makes
+  every earlier frame of the log durable too;
+- one connection for writes and one for reads, so that reads (the scheduler's, the tools')
+  never wait for a write transaction's fsync;
+- :meth:`SqliteQueueStore.batch` groups many writes into one transaction (group commit); the
+  writes inside it each run in a ``SAVEPOINT``, so one failing write is undone alone;
 - ``busy_timeout``: a writer waits for another process's write transaction instead of
   failing; write transactions start with ``BEGIN IMMEDIATE`` so they take the write lock
   up front and never fail half-way with ``SQLITE_BUSY``.
@@ -104,14 +113,13 @@ class SqliteQueueStore:
         self.spool_dir = spool_dir
         self.transactions = 0
         self._lock = threading.RLock()
-        self._db = sqlite3.connect(
-            path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
-        )
-        self._db.row_factory = sqlite3.Row
-        self._db.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
+        self._depth = 0  # nesting of _write() inside batch(); guarded by _lock
+        self._db = self._connect(busy_timeout)
         self._db.execute("PRAGMA journal_mode = WAL")
         self._db.execute("PRAGMA synchronous = FULL")
         self._db.execute("PRAGMA foreign_keys = ON")
+        self._read_lock = threading.Lock()
+        self._reader = self._connect(busy_timeout)
         with self._write() as db:
             version = db.execute("PRAGMA user_version").fetchone()[0]
             if version > SCHEMA_VERSION:
@@ -127,9 +135,67 @@ class SqliteQueueStore:
 
     # -- transactions -------------------------------------------------------------------
 
+    def _connect(self, busy_timeout: float) -> sqlite3.Connection:
+        db = sqlite3.connect(
+            self.path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
+        )
+        db.row_factory = sqlite3.Row
+        db.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
+        return db
+
+    @contextmanager
+    def batch(self, *, durable: bool = True) -> Iterator[None]:
+        """One write transaction for every write made inside it (group commit).
+
+        Each write method called inside runs in its own ``SAVEPOINT``: when it raises, only
+        its own changes are undone and the batch goes on. Writes from other threads wait.
+
+        Args:
+            durable: commit with ``synchronous=FULL`` (on stable storage when this returns);
+                False commits with ``NORMAL`` (survives a process crash; see the module
+                docstring for what an OS crash may undo).
+
+        Raises:
+            sqlite3.Error: the transaction could not begin or commit (nothing was written).
+        """
+        with self._lock:
+            if self._depth:
+                raise RuntimeError("batch() does not nest")
+            if not durable:
+                self._db.execute("PRAGMA synchronous = NORMAL")
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                self._depth = 1
+                try:
+                    yield
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
+                finally:
+                    self._depth = 0
+                self._db.execute("COMMIT")
+                self.transactions += 1
+            finally:
+                if not durable:
+                    self._db.execute("PRAGMA synchronous = FULL")
+
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
         with self._lock:
+            if self._depth:  # inside batch(): a savepoint of the batch's transaction
+                name = f"w{self._depth}"
+                self._depth += 1
+                self._db.execute(f"SAVEPOINT {name}")
+                try:
+                    yield self._db
+                except BaseException:
+                    self._db.execute(f"ROLLBACK TO {name}")
+                    self._db.execute(f"RELEASE {name}")
+                    raise
+                finally:
+                    self._depth -= 1
+                self._db.execute(f"RELEASE {name}")
+                return
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 yield self._db
@@ -141,12 +207,13 @@ class SqliteQueueStore:
 
     @contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            self._db.execute("BEGIN")
+        """A consistent snapshot on the read connection (sees committed data only)."""
+        with self._read_lock:
+            self._reader.execute("BEGIN")
             try:
-                yield self._db
+                yield self._reader
             finally:
-                self._db.execute("COMMIT")
+                self._reader.execute("COMMIT")
 
     # -- writing --------------------------------------------------------------------------
 
@@ -280,8 +347,8 @@ class SqliteQueueStore:
 
     def queue_ids(self) -> list[str]:
         """Every queue id, oldest first; see the port."""
-        with self._lock:
-            rows = self._db.execute("SELECT queue_id FROM message ORDER BY arrival, queue_id")
+        with self._read() as db:
+            rows = db.execute("SELECT queue_id FROM message ORDER BY arrival, queue_id")
             return [r[0] for r in rows.fetchall()]
 
     def raw(self, queue_id: str) -> dict[str, Any]:
@@ -298,8 +365,8 @@ class SqliteQueueStore:
 
     def due(self, now: float, limit: int) -> list[str]:
         """Queue ids with due recipients; see the port."""
-        with self._lock:
-            rows = self._db.execute(
+        with self._read() as db:
+            rows = db.execute(
                 "SELECT queue_id, MIN(next_attempt_at) AS due_at FROM recipient"
                 f" WHERE state IN {_ACTIVE} AND next_attempt_at <= ?"
                 " GROUP BY queue_id ORDER BY due_at, queue_id LIMIT ?",
@@ -309,8 +376,8 @@ class SqliteQueueStore:
 
     def next_due_at(self) -> float | None:
         """The earliest next attempt; see the port."""
-        with self._lock:
-            row = self._db.execute(
+        with self._read() as db:
+            row = db.execute(
                 f"SELECT MIN(next_attempt_at) FROM recipient WHERE state IN {_ACTIVE}"
             ).fetchone()
         return None if row[0] is None else float(row[0])
@@ -322,8 +389,8 @@ class SqliteQueueStore:
         if queue_id is not None:
             sql += " AND queue_id = ?"
             params = (queue_id,)
-        with self._lock:
-            rows = self._db.execute(sql + " ORDER BY queue_id, id", params).fetchall()
+        with self._read() as db:
+            rows = db.execute(sql + " ORDER BY queue_id, id", params).fetchall()
         out: dict[str, dict[int, DsnAction]] = {}
         for queue_id, recipient_id, action in rows:
             if action in _DSN_ACTIONS:
@@ -332,8 +399,8 @@ class SqliteQueueStore:
 
     def finished(self) -> list[str]:
         """Messages with every recipient final and no pending event; see the port."""
-        with self._lock:
-            rows = self._db.execute(
+        with self._read() as db:
+            rows = db.execute(
                 "SELECT queue_id FROM message m WHERE NOT EXISTS (SELECT 1 FROM recipient r"
                 " WHERE r.queue_id = m.queue_id"
                 f" AND (r.state NOT IN {_FINAL} OR r.dsn_action IS NOT NULL))"
@@ -343,7 +410,8 @@ class SqliteQueueStore:
 
     def close(self) -> None:
         """Close the connection."""
-        with self._lock:
+        with self._lock, self._read_lock:
+            self._reader.close()
             self._db.close()
 
     # -- row decoding ------------------------------------------------------------------------
