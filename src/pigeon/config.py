@@ -511,6 +511,10 @@ class QueueSettings(_Section):
             (RFC 5321 §4.5.4.1 suggests at least 4-5 days).
         delay_warning: send a "delayed" DSN (RFC 3464 §2.3.3) after this; 0 turns it off.
         delivery_concurrency: deliveries running at the same time.
+        spool_sync: how a batch of new spool files is made durable before ``250``:
+            ``"fsync"`` (each file, then the directory), ``"syncfs"`` (one syncfs(2) of the
+            spool's file system per batch; Linux 5.8+), or ``"auto"``: syncfs where
+            available. See ``pigeon.queue.spool``.
     """
 
     retry_min: Duration = Field(default=300.0, gt=0)
@@ -518,6 +522,7 @@ class QueueSettings(_Section):
     max_lifetime: Duration = Field(default=5 * 86400.0, gt=0)
     delay_warning: Duration = Field(default=4 * 3600.0, ge=0)
     delivery_concurrency: int = Field(default=20, ge=1)
+    spool_sync: Literal["auto", "fsync", "syncfs"] = "auto"
 
     @model_validator(mode="after")
     def _ordered(self) -> QueueSettings:
@@ -1085,6 +1090,9 @@ max_lifetime = "5d"
 delay_warning = "4h"
 # Deliveries running at the same time.
 delivery_concurrency = 20
+# How new spool files are made durable before "250": "fsync" (each file, then the
+# directory), "syncfs" (one syncfs(2) per batch, Linux 5.8+), "auto" (syncfs if available).
+spool_sync = "auto"
 
 [aliases]
 # Aliases file: one "name: target, target" per line. Leave it out for no aliases.

@@ -91,6 +91,7 @@ def test_zero_config_defaults(fqdn: None) -> None:
         "max_lifetime": 432000.0,
         "delay_warning": 14400.0,
         "delivery_concurrency": 20,
+        "spool_sync": "auto",
     }
     assert settings.aliases.file is None
     assert settings.log.level == "INFO"
@@ -752,4 +753,4 @@ def _present(data: dict[str, object], prefix: str = "") -> set[str]:
 def test_example_config_has_every_key() -> None:
     present = _present(tomllib.loads(example_config()))
     assert present == _keys(Settings)
-    assert len(present) == 68
+    assert len(present) == 69

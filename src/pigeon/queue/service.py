@@ -152,7 +152,8 @@ class QueueService:
         self.agents = dict(agents)
         self.clock = clock
         self.data_dir = Path(settings.server.data_dir)
-        self.spool = Spool(self.data_dir / "spool")
+        self.spool = Spool(self.data_dir / "spool",
+                           sync=str(getattr(settings.queue, "spool_sync", "fsync")))
         self.commit_batches = 0
         self.recovery: RecoveryReport | None = None
         self._store = store

@@ -12,8 +12,10 @@ from typing import Any
 import pytest
 
 from pigeon.mail.reply import Reply, ReplyError
+from pigeon.queue import spool as spool_module
 from pigeon.queue.ids import new_queue_id
 from pigeon.queue.service import QueueBusyError, QueueService
+from pigeon.queue.spool import syncfs_available
 from pigeon.queue.trace import received_header
 
 from .conftest import (
@@ -78,8 +80,10 @@ async def test_enqueues_during_a_commit_form_the_next_batch(harness: Harness) ->
     assert len(store.queue_ids()) == 6
 
 
+@pytest.mark.queue_settings(spool_sync="fsync")
 async def test_durable_before_enqueue_returns(harness: Harness,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    assert harness.service.spool.sync_method == "fsync"
     events: list[tuple[str, str]] = []
     real_fsync = os.fsync
 
@@ -107,6 +111,71 @@ async def test_durable_before_enqueue_returns(harness: Harness,
     assert db.execute("SELECT queue_id, size FROM message").fetchall() == [
         (queue_id, (spool / "queue" / queue_id).stat().st_size)]
     db.close()
+
+
+@pytest.mark.skipif(not syncfs_available(), reason="syncfs(2) needs Linux 5.8+")
+@pytest.mark.queue_settings(spool_sync="syncfs")
+async def test_syncfs_makes_the_batch_durable_before_the_index_commit(
+        harness: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    events: list[tuple[str, Any]] = []
+    real_syncfs = spool_module.sync_filesystem
+
+    def fsync(fd: int) -> None:
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+
+    def syncfs(path: Path) -> None:
+        events.append(("syncfs", sorted(os.listdir(path))))
+        real_syncfs(path)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(spool_module, "sync_filesystem", syncfs)
+    insert = harness.store.insert
+
+    def recording_insert(messages: Any) -> None:
+        insert(messages)
+        events.append(("committed", sorted(m.queue_id for m in messages)))
+
+    harness.store.insert = recording_insert
+    ids = sorted(await asyncio.gather(*(harness.send() for _ in range(5))))
+    # No per-file fsync: one syncfs after all five renames, then the index transaction
+    # (SQLite's own WAL fsync is not os.fsync).
+    assert events == [("syncfs", ids), ("committed", ids)]
+    spool = harness.data_dir / "spool"
+    assert os.listdir(spool / "tmp") == []
+    assert all((spool / "queue" / q).read_bytes().endswith(CONTENT) for q in ids)
+
+
+@pytest.mark.skipif(not syncfs_available(), reason="syncfs(2) needs Linux 5.8+")
+@pytest.mark.queue_settings(spool_sync="syncfs")
+async def test_failed_syncfs_fails_the_whole_batch(harness: Harness,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    def syncfs(path: Path) -> None:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(spool_module, "sync_filesystem", syncfs)
+    results = await asyncio.gather(*(harness.send() for _ in range(3)), return_exceptions=True)
+    assert [str(r.reply) for r in results if isinstance(r, ReplyError)] == [
+        "451 4.3.0 Requested action aborted: error in queue storage"] * 3
+    spool = harness.data_dir / "spool"
+    assert (os.listdir(spool / "tmp"), os.listdir(spool / "queue")) == ([], [])
+    assert harness.store.queue_ids() == []
+
+
+def test_sync_method_resolution(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert spool_module._kernel_version("6.18.44-fc-v857") == (6, 18)
+    assert spool_module._kernel_version("5.8.0") == (5, 8)
+    assert spool_module._kernel_version("5.7.19-generic") == (5, 7)
+    assert spool_module._kernel_version("weird") == (0, 0)
+    assert spool_module.resolve_sync_method("fsync") == "fsync"
+    with pytest.raises(ValueError, match="unknown"):
+        spool_module.resolve_sync_method("sometimes")
+    monkeypatch.setattr(spool_module, "_syncfs", None)
+    monkeypatch.setattr(spool_module, "_syncfs_checked", True)
+    assert spool_module.resolve_sync_method("auto") == "fsync"
+    with pytest.raises(ValueError, match=r"Linux 5\.8"):
+        spool_module.resolve_sync_method("syncfs")
+    with pytest.raises(OSError):
+        spool_module.sync_filesystem(Path("/"))
 
 
 async def test_enqueue_bytes_prepends_received(harness: Harness) -> None:
