@@ -315,10 +315,25 @@ class ServerSettings(_Section):
         hostname: the name used in the greeting, EHLO reply and Received headers
             (RFC 5321 §4.1.1.1, §4.4); lower-case A-labels.
         data_dir: where the queue, spool and mailboxes live.
+        sync: how new spool and Maildir files are made durable: ``"fsync"`` (each file,
+            then its directory), ``"syncfs"`` (one syncfs(2) of the file system for many
+            files at once; Linux 5.8+), or ``"auto"``: syncfs where available, else fsync.
+            See ``pigeon.storage.durability``.
     """
 
     hostname: DomainName = Field(default_factory=default_hostname)
     data_dir: ConfigPath = Path("./pigeon-data")
+    sync: Literal["auto", "fsync", "syncfs"] = "auto"
+
+    @field_validator("sync")
+    @classmethod
+    def _sync_available(cls, value: str) -> str:
+        if value == "syncfs":
+            from pigeon.storage.durability import syncfs_available
+
+            if not syncfs_available():
+                raise ValueError("syncfs needs Linux 5.8 or later; use \"auto\" or \"fsync\"")
+        return value
 
 
 class DomainSettings(_Section):
@@ -511,10 +526,6 @@ class QueueSettings(_Section):
             (RFC 5321 §4.5.4.1 suggests at least 4-5 days).
         delay_warning: send a "delayed" DSN (RFC 3464 §2.3.3) after this; 0 turns it off.
         delivery_concurrency: deliveries running at the same time.
-        spool_sync: how a batch of new spool files is made durable before ``250``:
-            ``"fsync"`` (each file, then the directory), ``"syncfs"`` (one syncfs(2) of the
-            spool's file system per batch; Linux 5.8+), or ``"auto"``: syncfs where
-            available. See ``pigeon.queue.spool``.
     """
 
     retry_min: Duration = Field(default=300.0, gt=0)
@@ -522,7 +533,6 @@ class QueueSettings(_Section):
     max_lifetime: Duration = Field(default=5 * 86400.0, gt=0)
     delay_warning: Duration = Field(default=4 * 3600.0, ge=0)
     delivery_concurrency: int = Field(default=20, ge=1)
-    spool_sync: Literal["auto", "fsync", "syncfs"] = "auto"
 
     @model_validator(mode="after")
     def _ordered(self) -> QueueSettings:
@@ -984,6 +994,11 @@ _EXAMPLE = """\
 hostname = "mail.example.org"
 # Queue, spool, mailboxes and the self-signed certificate live here.
 data_dir = "/var/lib/pigeon"
+# How new spool and Maildir files reach stable storage: "fsync" (each file and its
+# directory), "syncfs" (one syncfs(2) for many files at once, Linux 5.8+), or "auto"
+# (syncfs where available). syncfs also flushes other pending writes on the same file
+# system: give data_dir its own file system if other programs write a lot there.
+sync = "auto"
 
 [domains]
 # Mail for these domains is delivered to local mailboxes; everything else is relayed
@@ -1090,9 +1105,6 @@ max_lifetime = "5d"
 delay_warning = "4h"
 # Deliveries running at the same time.
 delivery_concurrency = 20
-# How new spool files are made durable before "250": "fsync" (each file, then the
-# directory), "syncfs" (one syncfs(2) per batch, Linux 5.8+), "auto" (syncfs if available).
-spool_sync = "auto"
 
 [aliases]
 # Aliases file: one "name: target, target" per line. Leave it out for no aliases.

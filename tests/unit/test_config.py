@@ -91,7 +91,6 @@ def test_zero_config_defaults(fqdn: None) -> None:
         "max_lifetime": 432000.0,
         "delay_warning": 14400.0,
         "delivery_concurrency": 20,
-        "spool_sync": "auto",
     }
     assert settings.aliases.file is None
     assert settings.log.level == "INFO"

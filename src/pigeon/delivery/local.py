@@ -138,7 +138,8 @@ class LocalDelivery(DeliveryAgent):
         self._accounts = accounts
         self._router = router
         self._mailboxes: MailboxStore = mailboxes or MaildirStore(
-            settings.server.data_dir / "mail", hostname=settings.server.hostname
+            settings.server.data_dir / "mail", hostname=settings.server.hostname,
+            sync=settings.server.sync,
         )
 
     async def deliver(

@@ -153,7 +153,7 @@ class QueueService:
         self.clock = clock
         self.data_dir = Path(settings.server.data_dir)
         self.spool = Spool(self.data_dir / "spool",
-                           sync=str(getattr(settings.queue, "spool_sync", "fsync")))
+                           sync=str(getattr(settings.server, "sync", "fsync")))
         self.commit_batches = 0
         self.recovery: RecoveryReport | None = None
         self._store = store

@@ -35,12 +35,9 @@ told ``250``. Two ways to make a batch durable (``[queue] spool_sync``):
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import json
 import logging
 import os
-import platform
 import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -48,6 +45,13 @@ from pathlib import Path
 from typing import IO, Any
 
 from pigeon.queue.ids import is_queue_id, new_queue_id
+from pigeon.storage.durability import (
+    SYNC_METHODS,
+    fsync_directory,
+    resolve_sync_method,
+    sync_filesystem,
+    syncfs_available,
+)
 
 __all__ = [
     "SYNC_METHODS",
@@ -98,104 +102,6 @@ def _close(writer: SpoolWriter) -> BaseException | None:
     except (OSError, ValueError) as exc:
         return exc
     return None
-
-
-SYNC_METHODS = ("auto", "fsync", "syncfs")
-# The first Linux release whose syncfs(2) returns write-back errors.
-_SYNCFS_MIN_KERNEL = (5, 8)
-_syncfs: Any = None
-_syncfs_checked = False
-
-
-def _kernel_version(release: str) -> tuple[int, int]:
-    parts = release.split(".")
-    try:
-        return int(parts[0]), int("".join(c for c in parts[1] if c.isdigit()) or 0)
-    except (IndexError, ValueError):
-        return (0, 0)
-
-
-def _libc_syncfs() -> Any:
-    global _syncfs, _syncfs_checked
-    if not _syncfs_checked:
-        _syncfs_checked = True
-        if (platform.system() == "Linux"
-                and _kernel_version(platform.release()) >= _SYNCFS_MIN_KERNEL):
-            try:
-                libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
-                function = libc.syncfs
-            except (OSError, AttributeError):
-                function = None
-            if function is not None:
-                function.argtypes = [ctypes.c_int]
-                function.restype = ctypes.c_int
-            _syncfs = function
-    return _syncfs
-
-
-def syncfs_available() -> bool:
-    """True when ``syncfs(2)`` can be used: Linux 5.8 or later, with a libc that has it."""
-    return _libc_syncfs() is not None
-
-
-def resolve_sync_method(method: str) -> str:
-    """Turn ``[queue] spool_sync`` into the method used: ``"fsync"`` or ``"syncfs"``.
-
-    Args:
-        method: one of :data:`SYNC_METHODS`.
-
-    Returns:
-        ``"syncfs"`` for ``"auto"`` where available, else ``"fsync"``; the others unchanged.
-
-    Raises:
-        ValueError: an unknown method, or ``"syncfs"`` where it is not available.
-    """
-    if method not in SYNC_METHODS:
-        raise ValueError(f"unknown spool sync method {method!r}")
-    if method == "auto":
-        return "syncfs" if syncfs_available() else "fsync"
-    if method == "syncfs" and not syncfs_available():
-        raise ValueError("syncfs needs Linux 5.8 or later")
-    return method
-
-
-def sync_filesystem(path: Path) -> None:
-    """Write every dirty page and the journal of the file system holding ``path`` (syncfs(2)).
-
-    Blocking; returns when the data is on stable storage.
-
-    Args:
-        path: any file or directory on that file system.
-
-    Raises:
-        OSError: syncfs is not available, ``path`` cannot be opened, or write-back failed.
-    """
-    function = _libc_syncfs()
-    if function is None:
-        raise OSError(38, "syncfs is not available here")  # ENOSYS
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        if function(fd) != 0:
-            error = ctypes.get_errno()
-            raise OSError(error, f"syncfs: {os.strerror(error)}", str(path))
-    finally:
-        os.close(fd)
-
-
-def fsync_directory(path: Path) -> None:
-    """Flush a directory's entries (new names, renames) to stable storage.
-
-    Args:
-        path: the directory.
-
-    Raises:
-        OSError: the directory cannot be opened or synced.
-    """
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class SpoolWriter:

@@ -129,10 +129,11 @@ def dsn_calls(monkeypatch: pytest.MonkeyPatch) -> list[DsnCall]:
     return calls
 
 
-def make_settings(data_dir: Path, **queue: Any) -> Settings:
-    """Settings for a test data directory; ``queue`` overrides [queue] keys."""
+def make_settings(data_dir: Path, *, sync: str = "auto", **queue: Any) -> Settings:
+    """Settings for a test data directory; ``sync``: [server] sync; ``queue`` overrides
+    [queue] keys."""
     return Settings.model_validate({
-        "server": {"hostname": HOST, "data_dir": str(data_dir)},
+        "server": {"hostname": HOST, "data_dir": str(data_dir), "sync": sync},
         "domains": {"local": list(LOCAL_DOMAINS)},
         "queue": {"delay_warning": 0, **queue},
     })
@@ -195,10 +196,13 @@ def clock() -> Clock:
 async def harness(tmp_path: Path, clock: Clock, request: pytest.FixtureRequest
                   ) -> AsyncIterator[Harness]:
     """A queue over tmp_path; mark a test with ``@pytest.mark.queue_settings(...)`` to change
-    [queue] keys, ``@pytest.mark.no_remote`` to run without a remote agent."""
+    [queue] keys, ``@pytest.mark.server_sync(method)`` for [server] sync,
+    ``@pytest.mark.no_remote`` to run without a remote agent."""
     marker = request.node.get_closest_marker("queue_settings")
     overrides = dict(marker.kwargs) if marker else {}
-    settings = make_settings(tmp_path, **overrides)
+    sync_marker = request.node.get_closest_marker("server_sync")
+    sync = sync_marker.args[0] if sync_marker else "auto"
+    settings = make_settings(tmp_path, sync=sync, **overrides)
     router = TableRouter()
     local = ScriptedAgent()
     remote = None if request.node.get_closest_marker("no_remote") else ScriptedAgent()
@@ -216,3 +220,4 @@ async def harness(tmp_path: Path, clock: Clock, request: pytest.FixtureRequest
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "queue_settings(**kw): [queue] settings for `harness`")
     config.addinivalue_line("markers", "no_remote: `harness` without a remote delivery agent")
+    config.addinivalue_line("markers", "server_sync(method): [server] sync for `harness`")

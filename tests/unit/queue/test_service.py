@@ -17,6 +17,7 @@ from pigeon.queue.ids import new_queue_id
 from pigeon.queue.service import QueueBusyError, QueueService
 from pigeon.queue.spool import syncfs_available
 from pigeon.queue.trace import received_header
+from pigeon.storage import durability
 
 from .conftest import (
     CONTENT,
@@ -80,7 +81,7 @@ async def test_enqueues_during_a_commit_form_the_next_batch(harness: Harness) ->
     assert len(store.queue_ids()) == 6
 
 
-@pytest.mark.queue_settings(spool_sync="fsync")
+@pytest.mark.server_sync("fsync")
 async def test_durable_before_enqueue_returns(harness: Harness,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
     assert harness.service.spool.sync_method == "fsync"
@@ -114,7 +115,7 @@ async def test_durable_before_enqueue_returns(harness: Harness,
 
 
 @pytest.mark.skipif(not syncfs_available(), reason="syncfs(2) needs Linux 5.8+")
-@pytest.mark.queue_settings(spool_sync="syncfs")
+@pytest.mark.server_sync("syncfs")
 async def test_syncfs_makes_the_batch_durable_before_the_index_commit(
         harness: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
     events: list[tuple[str, Any]] = []
@@ -146,7 +147,7 @@ async def test_syncfs_makes_the_batch_durable_before_the_index_commit(
 
 
 @pytest.mark.skipif(not syncfs_available(), reason="syncfs(2) needs Linux 5.8+")
-@pytest.mark.queue_settings(spool_sync="syncfs")
+@pytest.mark.server_sync("syncfs")
 async def test_failed_syncfs_fails_the_whole_batch(harness: Harness,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     def syncfs(path: Path) -> None:
@@ -162,20 +163,20 @@ async def test_failed_syncfs_fails_the_whole_batch(harness: Harness,
 
 
 def test_sync_method_resolution(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert spool_module._kernel_version("6.18.44-fc-v857") == (6, 18)
-    assert spool_module._kernel_version("5.8.0") == (5, 8)
-    assert spool_module._kernel_version("5.7.19-generic") == (5, 7)
-    assert spool_module._kernel_version("weird") == (0, 0)
-    assert spool_module.resolve_sync_method("fsync") == "fsync"
+    assert durability._kernel_version("6.18.44-fc-v857") == (6, 18)
+    assert durability._kernel_version("5.8.0") == (5, 8)
+    assert durability._kernel_version("5.7.19-generic") == (5, 7)
+    assert durability._kernel_version("weird") == (0, 0)
+    assert durability.resolve_sync_method("fsync") == "fsync"
     with pytest.raises(ValueError, match="unknown"):
-        spool_module.resolve_sync_method("sometimes")
-    monkeypatch.setattr(spool_module, "_syncfs", None)
-    monkeypatch.setattr(spool_module, "_syncfs_checked", True)
-    assert spool_module.resolve_sync_method("auto") == "fsync"
+        durability.resolve_sync_method("sometimes")
+    monkeypatch.setattr(durability, "_syncfs", None)
+    monkeypatch.setattr(durability, "_syncfs_checked", True)
+    assert durability.resolve_sync_method("auto") == "fsync"
     with pytest.raises(ValueError, match=r"Linux 5\.8"):
-        spool_module.resolve_sync_method("syncfs")
+        durability.resolve_sync_method("syncfs")
     with pytest.raises(OSError):
-        spool_module.sync_filesystem(Path("/"))
+        durability.sync_filesystem(Path("/"))
 
 
 async def test_enqueue_bytes_prepends_received(harness: Harness) -> None:

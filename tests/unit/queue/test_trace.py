@@ -47,10 +47,10 @@ def test_local_date_in_any_order(timestamps: list[float]) -> None:
 
 
 def test_local_date_defaults_to_now() -> None:
-    assert local_date() in {
-        email.utils.formatdate(localtime=True),
-        email.utils.formatdate(localtime=True),
-    }
+    before = email.utils.formatdate(localtime=True)
+    now = local_date()
+    after = email.utils.formatdate(localtime=True)
+    assert now in {before, after}
 
 
 def test_received_header() -> None:

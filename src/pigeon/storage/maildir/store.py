@@ -2,10 +2,13 @@
 
 Theory of operation (the Maildir specification, https://cr.yp.to/proto/maildir.html):
 a message is written to ``tmp/`` under a name unique to this host, process and moment,
-fsynced, then moved to ``new/`` (``link()`` + ``unlink()``, so an existing name is never
-overwritten; ``rename()`` where hard links are not supported), and ``new/`` is fsynced, so
-the message is durable before the delivery is reported. Readers only look at ``new/`` and
-``cur/`` and never see a half-written file.
+made durable, then moved to ``new/`` (``link()`` + ``unlink()``, so an existing name is
+never overwritten; ``rename()`` where hard links are not supported), and the new name is
+made durable, so the message is durable before the delivery is reported. "Durable" is
+either an fsync of the file and then of ``new/`` (``sync="fsync"``), or a syncfs(2) of the
+file system shared by the deliveries running at that moment (``sync="syncfs"``, see
+:class:`pigeon.storage.durability.SyncBarrier`): one before the move, one after. Readers
+only look at ``new/`` and ``cur/`` and never see a half-written file.
 
 File names are ``<seconds>.M<microseconds>P<pid>Q<counter>.<hostname>,S=<size>``: the
 modern Maildir unique name, plus the ``S=`` size field (the file size in bytes) that
@@ -34,6 +37,8 @@ import os
 import threading
 import time
 from pathlib import Path
+
+from pigeon.storage.durability import SyncBarrier, resolve_sync_method
 
 __all__ = ["COPY_BLOCK", "MaildirStore", "encode_name", "maildir_path"]
 
@@ -148,10 +153,20 @@ class MaildirStore:
     Args:
         root: the directory holding ``<domain>/<local-part>/`` (``<data_dir>/mail``).
         hostname: this host's name for unique file names.
+        sync: ``"fsync"``, ``"syncfs"`` or ``"auto"`` (see
+            :func:`pigeon.storage.durability.resolve_sync_method`).
+
+    Attributes:
+        sync_method: the method in use, ``"fsync"`` or ``"syncfs"``.
+
+    Raises:
+        ValueError: ``sync`` is unknown or not available here.
     """
 
-    def __init__(self, root: Path, *, hostname: str) -> None:
+    def __init__(self, root: Path, *, hostname: str, sync: str = "fsync") -> None:
         self.root = root
+        self.sync_method = resolve_sync_method(sync)
+        self._barrier = SyncBarrier(root) if self.sync_method == "syncfs" else None
         self._host = hostname.replace("/", "\\057").replace(":", "\\072") or "localhost"
         self._pid = os.getpid()
         self._usage: dict[str, tuple[int, int, int]] = {}
@@ -228,9 +243,12 @@ class MaildirStore:
                         out.write(block)
                         written += len(block)
                     out.flush()
-                    os.fsync(out.fileno())
+                    if self._barrier is None:
+                        os.fsync(out.fileno())
                 if written != size:
                     raise OSError(errno.EIO, f"spool file changed while copying: {source}")
+                if self._barrier is not None:
+                    self._barrier.sync()  # the content, before its name appears in new/
                 final = box / "new" / name
                 try:
                     os.link(tmp, final)
@@ -241,7 +259,10 @@ class MaildirStore:
                     os.rename(tmp, final)
                 else:
                     os.unlink(tmp)
-                _fsync_dir(box / "new")
+                if self._barrier is None:
+                    _fsync_dir(box / "new")
+                else:
+                    self._barrier.sync()  # the name in new/
             except BaseException:
                 try:
                     os.unlink(tmp)
