@@ -587,9 +587,8 @@ class ServerConnection:
         assert self._decoder is not None and self._inspector is not None
         if not self._buf:
             return None
-        data = bytes(self._buf)
+        content, rest = self._decoder.feed(self._buf)
         self._buf.clear()
-        content, rest = self._decoder.feed(data)
         insp = self._inspector
         if content:
             insp.feed(content)
@@ -597,7 +596,7 @@ class ServerConnection:
             if limit and insp.size > limit:
                 self._too_big = True
         if rest is not None:
-            self._buf[:0] = rest
+            self._buf += rest
             insp.finish()
             complete = self._owe(
                 "END",
@@ -638,8 +637,12 @@ class ServerConnection:
         if not self._buf:
             return None
         take = min(self._bdat_left, len(self._buf))
-        chunk = bytes(self._buf[:take])
-        del self._buf[:take]
+        if take == len(self._buf):
+            chunk = bytes(self._buf)
+            self._buf.clear()
+        else:
+            chunk = bytes(self._buf[:take])
+            del self._buf[:take]
         self._bdat_left -= take
         ev: Event | None = None
         if not self._bdat_discard:
