@@ -49,6 +49,8 @@ def sanitize(text: str, limit: int = 200) -> str:
     """
     if limit < 0:
         raise ValueError("limit must not be negative")
+    if len(text) <= limit and text.isprintable() and "\\" not in text:
+        return text  # nothing to escape or cut (the usual case)
     pieces: list[str] = []
     length = 0
     for ch in text:
@@ -79,6 +81,9 @@ class LineFormatter(logging.Formatter):
     Continuation lines (multi-line messages, tracebacks) repeat the prefix.
     """
 
+    # The date and time to the second of the last record: (Unix second, its text).
+    _stamp: tuple[int, str] = (-1, "")
+
     def format(self, record: logging.LogRecord) -> str:
         """Render one record.
 
@@ -95,12 +100,19 @@ class LineFormatter(logging.Formatter):
             message = f"{message}\n{record.exc_text}"
         if record.stack_info:
             message = f"{message}\n{self.formatStack(record.stack_info)}"
-        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+        second = int(record.created)
+        cached_second, stamp = self._stamp
+        if cached_second != second:
+            stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            self._stamp = (second, stamp)
         prefix = (
             f"{stamp}.{int(record.msecs):03d}Z pigeon[{record.process}] "
             f"{record.levelname} {record.name}: "
         )
-        return "\n".join(prefix + line for line in message.splitlines() or [""])
+        lines = message.splitlines()
+        if len(lines) == 1:
+            return prefix + lines[0]
+        return "\n".join(prefix + line for line in lines or [""])
 
 
 def _is_ours(handler: logging.Handler) -> bool:

@@ -271,3 +271,26 @@ def test_cli_list_empty(tmp_path: Path) -> None:
 )
 def test_format_size(size: int | None, text: str) -> None:
     assert format_size(size) == text
+
+
+def test_version_changes_with_every_write(tmp_path: Path, store: AccountStore) -> None:
+    other = AccountStore(tmp_path / "accounts.db")
+    try:
+        start = store.version()
+        store.get_mailbox("bob@example.com")
+        store.list_mailboxes()
+        store.list_domains()
+        other.get_mailbox("bob@example.com")
+        assert store.version() == start
+        store.add_mailbox("bob@example.com")
+        own_write = store.version()
+        assert own_write != start
+        assert store.version() == own_write
+        other.add_domain("example.net")
+        other_write = store.version()
+        assert other_write != own_write
+        assert store.version() == other_write
+        other.remove_domain("example.net")
+        assert store.version() != other_write
+    finally:
+        other.close()

@@ -148,3 +148,57 @@ def test_sanitize_property(text: str, limit: int) -> None:
         assert out.endswith("...")
         assert len(out) <= limit + 3
         assert full.startswith(out[:-3])
+
+
+def _sanitize_by_character(text: str, limit: int) -> str:
+    """sanitize() as its docstring defines it, one character at a time."""
+    pieces: list[str] = []
+    length = 0
+    for ch in text:
+        if ch in "\\\r\n\t":
+            piece = {"\\": "\\\\", "\r": "\\r", "\n": "\\n", "\t": "\\t"}[ch]
+        elif ch.isprintable():
+            piece = ch
+        else:
+            piece = repr(ch)[1:-1]
+        if length + len(piece) > limit:
+            pieces.append("...")
+            break
+        pieces.append(piece)
+        length += len(piece)
+    return "".join(pieces)
+
+
+@given(
+    text=st.text(st.sampled_from("ab\\\r\n\t\x00\x85é\u200b")) | st.text(),
+    limit=st.integers(min_value=0, max_value=12),
+)
+def test_sanitize_matches_the_definition(text: str, limit: int) -> None:
+    assert sanitize(text, limit) == _sanitize_by_character(text, limit)
+
+
+def test_sanitize_plain_text_at_the_limit() -> None:
+    assert sanitize("<sender@example.org>", 20) == "<sender@example.org>"
+    assert sanitize("<sender@example.org>", 19) == "<sender@example.org..."
+    assert sanitize("a\\b", 3) == "a\\\\..."
+
+
+def test_line_format_follows_the_second() -> None:
+    formatter = LineFormatter()
+    first = make_record("one")
+    later = make_record("two")
+    later.created, later.msecs = CREATED + 58.5, 178.0  # 2026-01-02T03:05:04.178Z
+    assert [formatter.format(r) for r in (first, later, first)] == [
+        "2026-01-02T03:04:05.678Z pigeon[4242] INFO pigeon.net.smtp: one",
+        "2026-01-02T03:05:04.178Z pigeon[4242] INFO pigeon.net.smtp: two",
+        "2026-01-02T03:04:05.678Z pigeon[4242] INFO pigeon.net.smtp: one",
+    ]
+
+
+def test_line_separators_other_than_newline_split_the_record() -> None:
+    line = LineFormatter().format(make_record("one\rtwo\x0bthree"))
+    assert line.split("\n") == [
+        "2026-01-02T03:04:05.678Z pigeon[4242] INFO pigeon.net.smtp: one",
+        "2026-01-02T03:04:05.678Z pigeon[4242] INFO pigeon.net.smtp: two",
+        "2026-01-02T03:04:05.678Z pigeon[4242] INFO pigeon.net.smtp: three",
+    ]

@@ -26,6 +26,12 @@ STARTTLS: after the ``220``, input that was already received (in the state machi
 buffer or in the asyncio reader's) is discarded, never executed (CVE-2011-0411), and the
 session starts again from the greeting state (RFC 3207 §4.2).
 
+Timeouts: a read waits at most ``[timeouts] command`` seconds (``data`` inside DATA/BDAT).
+Each session has one timer on the event loop rather than one per read: a read only records
+its deadline, and the timer, when it fires, either finds the deadline passed (the read is
+cancelled and the session ends with ``421 4.4.2``) or sleeps again until the deadline of
+the read in progress.
+
 Every session has a session id that prefixes its log lines; every accepted message is
 logged with its queue id.
 """
@@ -36,7 +42,6 @@ import asyncio
 import base64
 import contextlib
 import dataclasses
-import email.utils
 import logging
 import secrets
 import ssl
@@ -58,7 +63,7 @@ from pigeon.policy.submission import HeaderFixup
 from pigeon.protocol.smtp import _events as ev
 from pigeon.protocol.smtp._state import State
 from pigeon.protocol.smtp.server import ServerConfig, ServerConnection
-from pigeon.queue.trace import protocol_keyword, received_header
+from pigeon.queue.trace import local_date, protocol_keyword, received_header
 
 __all__ = ["SessionContext", "SmtpServices", "SmtpSession"]
 
@@ -66,11 +71,19 @@ log = logging.getLogger("pigeon.smtpd")
 
 _READ_SIZE = 64 * 1024
 _SUBMISSION_KINDS = frozenset({"submission", "submissions"})
+_CONTENT_STATES = frozenset({State.DATA, State.BDAT})  # reads wait [timeouts] data
+_IDLE_STATES = frozenset({State.READY, State.IDLE})  # no transaction: may end at shutdown
 
 AUTH_REQUIRED = Reply(530, "5.7.0", "Authentication required")
 ENCRYPTION_REQUIRED = Reply(538, "5.7.11", "Encryption required for requested authentication "
                             "mechanism")
 TOO_MANY_MESSAGES = Reply(450, "4.7.1", "Error: too many messages; try again later")
+# Replies sent for every message, built once.
+MAIL_OK = Reply(250, "2.1.0", "Ok")
+RCPT_OK = Reply(250, "2.1.5", "Ok")
+START_DATA = Reply(354, None, "End data with <CR><LF>.<CR><LF>")
+OK = Reply(250, "2.0.0", "Ok")
+QUEUE_WRITE_ERROR = Reply(451, "4.3.0", "Error: queue file write error")
 
 
 class _Spool(Protocol):
@@ -204,6 +217,12 @@ class SmtpSession:
         self._owned: frozenset[str] = frozenset()
         self._sasl: SaslExchange | None = None
         self._fixup: HeaderFixup | None = None
+        # The idle timer (see the module docstring). Times are the event loop's clock.
+        self._task: asyncio.Task[Any] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._deadline: float | None = None  # of the read in progress; None: not reading
+        self._timer_step = min(self._command_timeout, self._data_timeout)
+        self._timed_out = False
 
     # ------------------------------------------------------------------ logging
 
@@ -217,6 +236,7 @@ class SmtpSession:
         ctx = self.ctx
         self._log(logging.INFO, "connect from [%s]:%d (%s)", ctx.peer_address, ctx.peer_port,
                   ctx.listener_kind)
+        self._task = asyncio.current_task()
         try:
             if await self._pre_greeting_talk():
                 return
@@ -234,6 +254,9 @@ class SmtpSession:
                 Reply(421, "4.3.0", f"{self._hostname} Error: internal error, closing connection")
             )
         finally:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
             self._abort_spool()
             await self._close()
             self._log(logging.INFO, "disconnect from [%s] messages=%d errors=%d",
@@ -266,7 +289,7 @@ class SmtpSession:
             event = conn.next_event()
             if event is ev.NEED_DATA:
                 await self._flush()
-                if self.ctx.shutting_down and conn.state in (State.READY, State.IDLE):
+                if self.ctx.shutting_down and conn.state in _IDLE_STATES:
                     self._reply_unsolicited(
                         Reply(421, "4.3.2", f"{self._hostname} Service shutting down")
                     )
@@ -299,25 +322,64 @@ class SmtpSession:
                 await self._flush()
 
     async def _read(self) -> bytes | None:
-        timeout = (
-            self._data_timeout
-            if self.conn.state in (State.DATA, State.BDAT)
-            else self._command_timeout
-        )
-        self.ctx.idle = self.conn.state in (State.READY, State.IDLE)
+        """Read what the peer sent; None when the read timed out (``421`` was sent).
+
+        The read waits at most ``[timeouts] data`` seconds in DATA and BDAT, else
+        ``[timeouts] command`` seconds (RFC 5321 §4.5.3.2).
+
+        Returns:
+            Up to 64 KiB; ``b""`` at end of input; None after a timeout.
+
+        Raises:
+            asyncio.CancelledError: the session was cancelled (server shutdown).
+            ConnectionError: the connection broke.
+        """
+        state = self.conn.state
+        timeout = self._data_timeout if state in _CONTENT_STATES else self._command_timeout
+        ctx = self.ctx
+        ctx.idle = state in _IDLE_STATES
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        self._deadline = now + timeout
+        if self._timer is None:
+            # No read that starts later can have a deadline before now + _timer_step.
+            self._timer = loop.call_at(now + self._timer_step, self._on_timer)
         try:
-            data = await asyncio.wait_for(self.reader.read(_READ_SIZE), timeout)
-        except TimeoutError:
-            self._log(logging.INFO, "timeout after %.0f s in state %s", timeout,
-                      self.conn.state.value)
-            self._reply_unsolicited(
-                Reply(421, "4.4.2", f"{self._hostname} Error: timeout exceeded")
-            )
-            await self._flush()
-            return None
+            return await self.reader.read(_READ_SIZE)
+        except asyncio.CancelledError:
+            if not self._timed_out:
+                raise
+            self._timed_out = False
+            task = self._task
+            if task is not None and task.uncancel() > 0:
+                raise  # cancelled from outside too (shutdown)
         finally:
-            self.ctx.idle = False
-        return data
+            self._deadline = None
+            ctx.idle = False
+        self._log(logging.INFO, "timeout after %.0f s in state %s", timeout, state.value)
+        self._reply_unsolicited(Reply(421, "4.4.2", f"{self._hostname} Error: timeout exceeded"))
+        await self._flush()
+        return None
+
+    def _on_timer(self) -> None:
+        """The idle timer fired: cancel a read past its deadline, else wait for it again.
+
+        Not reading (the session awaits the queue, or has ended): the timer stops; the
+        next read starts it.
+        """
+        self._timer = None
+        deadline = self._deadline
+        if deadline is None:
+            return
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        if now < deadline:
+            self._timer = loop.call_at(min(deadline, now + self._timer_step), self._on_timer)
+            return
+        task = self._task
+        if task is not None and not task.done():
+            self._timed_out = True
+            task.cancel()
 
     async def _start_tls(self) -> bool:
         """Run the TLS handshake after ``220`` to STARTTLS; False ends the session.
@@ -383,10 +445,23 @@ class SmtpSession:
     # ------------------------------------------------------------------ events
 
     async def _handle(self, event: ev.Event) -> Reply | None:
-        h = self._hostname
+        # The events of every message first; the event classes are unrelated, so the
+        # order of the tests changes nothing else.
         if isinstance(event, ev.DataChunk):
             self._write(event.data)
             return None
+        if isinstance(event, ev.MailFrom):
+            return self._mail(event)
+        if isinstance(event, ev.RcptTo):
+            return self._rcpt(event)
+        if isinstance(event, ev.DataCommand):
+            refusal = self._open_spool()
+            if refusal is not None:
+                return refusal
+            return START_DATA
+        if isinstance(event, ev.DataComplete):
+            return await self._data_complete(event)
+        h = self._hostname
         if isinstance(event, ev.CommandError):
             self._sasl = None
             self._log(logging.INFO, "refused: %s", event.reply)
@@ -396,15 +471,6 @@ class SmtpSession:
             if event.esmtp:
                 return self._ehlo_reply(f"Hello {sanitize(event.domain, 64)}")
             return Reply(250, None, h)
-        if isinstance(event, ev.MailFrom):
-            return self._mail(event)
-        if isinstance(event, ev.RcptTo):
-            return self._rcpt(event)
-        if isinstance(event, ev.DataCommand):
-            refusal = self._open_spool()
-            if refusal is not None:
-                return refusal
-            return Reply(354, None, "End data with <CR><LF>.<CR><LF>")
         if isinstance(event, ev.BdatStarted):
             if event.first:
                 refusal = self._open_spool()
@@ -416,15 +482,13 @@ class SmtpSession:
                 self._abort_spool()
                 return event.reply_hint
             if self._spool is None:
-                return Reply(451, "4.3.0", "Error: queue file write error")
+                return QUEUE_WRITE_ERROR
             return Reply(250, "2.0.0", f"{event.total} octets received")
-        if isinstance(event, ev.DataComplete):
-            return await self._data_complete(event)
         if isinstance(event, ev.Reset):
             self._clear_transaction()
-            return Reply(250, "2.0.0", "Ok")
+            return OK
         if isinstance(event, ev.Noop):
-            return Reply(250, "2.0.0", "Ok")
+            return OK
         if isinstance(event, ev.Verify):
             if self.services.settings.smtp.vrfy == "disabled":
                 return Reply(502, "5.5.1", "VRFY command is disabled")
@@ -530,7 +594,7 @@ class SmtpSession:
             client_name=self.conn.client_name,
             authenticated_user=self.identity,
         )
-        return Reply(250, "2.1.0", "Ok")
+        return MAIL_OK
 
     def _rcpt(self, event: ev.RcptTo) -> Reply:
         assert self._envelope is not None
@@ -555,7 +619,7 @@ class SmtpSession:
         self._envelope.recipients.append(
             Recipient(forward_path=event.forward_path, params=event.params)
         )
-        return Reply(250, "2.1.5", "Ok")
+        return RCPT_OK
 
     def _open_spool(self) -> Reply | None:
         env = self._envelope
@@ -572,11 +636,11 @@ class SmtpSession:
                                         tls_info=self._tls_info()))
         except OSError:
             self._log(logging.ERROR, "cannot open a spool file", exc_info=True)
-            return Reply(451, "4.3.0", "Error: queue file write error")
+            return QUEUE_WRITE_ERROR
         self._spool = spool
         if self.submission:
             self._fixup = HeaderFixup(
-                date=email.utils.formatdate(localtime=True),
+                date=local_date(),
                 message_id=f"<{spool.queue_id}.{secrets.token_hex(6)}@{self._hostname}>",
             )
         return None
@@ -611,7 +675,7 @@ class SmtpSession:
             self._log(logging.INFO, "message refused: %s", event.reply_hint)
             return event.reply_hint
         if spool is None or env is None:
-            return Reply(451, "4.3.0", "Error: queue file write error")
+            return QUEUE_WRITE_ERROR
         try:
             queue_id = await self.services.queue.enqueue(env, spool)
         except Exception:
@@ -628,7 +692,7 @@ class SmtpSession:
             len(env.recipients),
             event.size,
         )
-        return Reply(250, "2.0.0", f"Ok: queued as {queue_id}")
+        return Reply(250, OK.enhanced, f"Ok: queued as {queue_id}")
 
     def _clear_transaction(self) -> None:
         self._abort_spool()

@@ -12,7 +12,7 @@ import time
 
 from pigeon.mail.envelope import Envelope
 
-__all__ = ["protocol_keyword", "received_header"]
+__all__ = ["local_date", "protocol_keyword", "received_header"]
 
 # RFC 5321 §4.1.2 Domain, loosely (underscore tolerated): used to decide whether the
 # HELO/EHLO argument may appear as the "from" domain or only inside a comment.
@@ -40,6 +40,39 @@ def protocol_keyword(*, esmtp: bool, tls: bool, authenticated: bool, smtputf8: b
     base = "UTF8SMTP" if smtputf8 else "ESMTP"
     suffix = ("S" if tls else "") + ("A" if authenticated else "")
     return base + suffix
+
+
+# The last date made by local_date(): (whole second, its text).
+_last_date: tuple[int, str] = (-1, "")
+
+
+def local_date(timestamp: float | None = None) -> str:
+    """Return ``email.utils.formatdate(timestamp, localtime=True)``, made once per second.
+
+    The RFC 5322 §3.3 date-time (``Mon, 02 Jan 2026 03:04:05 +0100``) has no fraction of
+    a second, so every timestamp of one second has the same text; the text of the second
+    seen last is kept and reused.
+
+    Args:
+        timestamp: Unix time in seconds (default: now).
+
+    Returns:
+        The date-time in the local time zone, as ``formatdate`` writes it.
+    """
+    if timestamp is None:
+        timestamp = time.time()
+    global _last_date
+    second = int(timestamp)
+    # formatdate rounds to the microsecond: in the last microsecond of a second it may
+    # round up into the next one, so that case is not taken from (or put in) the memo.
+    if 0 <= timestamp - second < 0.999999:
+        last_second, text = _last_date
+        if last_second == second:
+            return text
+        text = email.utils.formatdate(timestamp, localtime=True)
+        _last_date = (second, text)
+        return text
+    return email.utils.formatdate(timestamp, localtime=True)
 
 
 def _comment(text: str) -> str:
@@ -85,10 +118,12 @@ def received_header(
     parts.append(f"id {queue_id}")
     if len(envelope.recipients) == 1:
         parts.append(f"for {envelope.recipients[0].forward_path}")
-    date = email.utils.formatdate(timestamp if timestamp is not None else time.time(),
-                                  localtime=True)
+    date = local_date(timestamp)
     text = "Received: " + "\r\n\t".join(parts) + f";\r\n\t{date}\r\n"
     # Belt and braces: nothing peer-supplied may carry a bare CR or LF into the header.
-    lines = text.split("\r\n")
-    cleaned = "\r\n".join(line.replace("\r", "?").replace("\n", "?") for line in lines)
-    return cleaned.encode("utf-8")
+    # When every CR and every LF is part of a CRLF there is nothing to replace.
+    crlf = text.count("\r\n")
+    if text.count("\r") != crlf or text.count("\n") != crlf:
+        lines = text.split("\r\n")
+        text = "\r\n".join(line.replace("\r", "?").replace("\n", "?") for line in lines)
+    return text.encode("utf-8")

@@ -31,18 +31,27 @@ local only when it is listed in ``domains.local``.
 An alias whose target is the alias itself (``bob: bob, bob@example.net``) delivers that
 target to the mailbox ``bob`` (the classic "keep a copy" idiom); any other loop drops the
 looping branch and logs it.
+
+What the router reads from the account store (local domains, mailboxes, catch-alls, user
+aliases) it keeps for as long as the store's ``version()`` token stays the same; each
+public method asks for the token once, so a mailbox, user or domain added or removed while
+the server runs (``pigeon mailbox add``, ``pigeon user add``, ``pigeon domain add``) counts
+from the next call on, as if the store were read every time. A store without ``version()``
+is read afresh by every call. Quota usage is never kept: it is asked of the mailbox store
+each time.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
 from pigeon.mail.address import AddressError, Domain, ForwardPath, Mailbox, parse_mailbox
 from pigeon.mail.reply import Reply
 from pigeon.routing.aliases import AliasEntry, AliasTable, load_aliases
-from pigeon.storage.accounts_port import AccountStore, canonical_domain
+from pigeon.storage.accounts_port import AccountStore, MailboxInfo, canonical_domain
 from pigeon.storage.mailbox_port import MailboxStore
 
 if TYPE_CHECKING:
@@ -67,6 +76,9 @@ MAX_EXPANSION = 1000
 RECIPIENT_DELIMITER = "+"
 # RFC 5321 §4.5.1 (postmaster) and RFC 2142 §2 (abuse): must always be deliverable.
 _ROLE_NAMES = frozenset({"postmaster", "abuse"})
+# Lookups an account view keeps at most per kind: a client trying many unknown addresses
+# must not grow it without end. A full table is emptied and filled again.
+_VIEW_MAX_ENTRIES = 10_000
 
 
 @dataclass(frozen=True)
@@ -83,6 +95,64 @@ class Destination:
     address: str
     route: Literal["local", "remote"]
     original: str
+
+
+class _AccountView:
+    """The account store as read while its ``version()`` token is ``version``.
+
+    Lookups are kept per key. Several threads may share one view: a dict's get and set
+    are atomic, and two threads that miss the same key at once both read the store (the
+    answer kept is one of theirs). A view is dropped, never updated, when the token changes.
+
+    Args:
+        accounts: the account store.
+        version: the store's token when the view was made; None for a store that has none
+            (the view then lives for one router call).
+        local: the local domains (config's and store's), canonical.
+    """
+
+    __slots__ = ("_accounts", "_alias_owner", "_mailboxes", "_owners", "expansions", "local",
+                 "version")
+
+    def __init__(
+        self, accounts: AccountStore, version: Hashable | None, local: frozenset[str]
+    ) -> None:
+        self._accounts = accounts
+        self._alias_owner: Callable[[str], str | None] | None = getattr(
+            accounts, "alias_owner", None
+        )
+        self.version = version
+        self.local = local
+        self._mailboxes: dict[str, MailboxInfo | None] = {}
+        self._owners: dict[str, str | None] = {}
+        # Router.expand results by address (those that logged nothing), for this alias table.
+        self.expansions: dict[str, tuple[Destination, ...]] = {}
+
+    def mailbox(self, key: str) -> MailboxInfo | None:
+        """The store's ``get_mailbox(key)``."""
+        try:
+            return self._mailboxes[key]
+        except KeyError:
+            pass
+        info = self._accounts.get_mailbox(key)
+        if len(self._mailboxes) >= _VIEW_MAX_ENTRIES:
+            self._mailboxes.clear()
+        self._mailboxes[key] = info
+        return info
+
+    def alias_owner(self, key: str) -> str | None:
+        """The store's ``alias_owner(key)`` (``pigeon user alias add``); None without one."""
+        if self._alias_owner is None:
+            return None
+        try:
+            return self._owners[key]
+        except KeyError:
+            pass
+        owner = self._alias_owner(key)
+        if len(self._owners) >= _VIEW_MAX_ENTRIES:
+            self._owners.clear()
+        self._owners[key] = owner
+        return owner
 
 
 def _strip_subaddress(local: str) -> str:
@@ -135,23 +205,27 @@ class Router:
                 settings.server.data_dir / "mail", hostname=settings.server.hostname
             )
         self._mailboxes = mailboxes
+        self._version: Callable[[], Hashable] | None = getattr(accounts, "version", None)
+        self._view_now: _AccountView | None = None
 
-    @property
-    def _local(self) -> frozenset[str]:
-        """Local domains: the config's and those added with ``pigeon domain add``.
+    def _view(self) -> _AccountView:
+        """The account store as it is now: the kept view while the store's token is the
+        same, else a new one (see the module docstring)."""
+        if self._version is None:
+            return _AccountView(self._accounts, None, self._read_local())
+        version = self._version()
+        view = self._view_now
+        if view is None or view.version != version:
+            view = _AccountView(self._accounts, version, self._read_local())
+            self._view_now = view
+        return view
 
-        Read from the account store on every use, so a domain added while the server runs
-        counts at once.
-        """
+    def _read_local(self) -> frozenset[str]:
+        """Local domains: the config's and those added with ``pigeon domain add``."""
         list_domains = getattr(self._accounts, "list_domains", None)
         if list_domains is None:
             return self._config_local
         return self._config_local.union(list_domains())
-
-    def _user_alias(self, key: str) -> str | None:
-        """The user owning the alias ``key`` (``pigeon user alias add``), or None."""
-        alias_owner = getattr(self._accounts, "alias_owner", None)
-        return None if alias_owner is None else alias_owner(key)
 
     def _load_aliases(self) -> AliasTable:
         path = self._settings.aliases.file
@@ -164,6 +238,7 @@ class Router:
             AliasFileError: the file cannot be read or is invalid.
         """
         self._aliases = self._load_aliases()
+        self._view_now = None  # its expansions were made with the old table
 
     @property
     def postmaster(self) -> str:
@@ -179,7 +254,7 @@ class Router:
             domain: a domain in any case, U-labels or A-labels, or an address literal.
         """
         try:
-            return canonical_domain(domain) in self._local
+            return canonical_domain(domain) in self._view().local
         except ValueError:
             return False
 
@@ -202,11 +277,11 @@ class Router:
         assert mailbox.domain is not None
         return mailbox.local_part, mailbox.domain.name
 
-    def _has_mailbox(self, key: str) -> bool:
-        return key == self._postmaster_key or self._accounts.get_mailbox(key) is not None
+    def _has_mailbox(self, view: _AccountView, key: str) -> bool:
+        return key == self._postmaster_key or view.mailbox(key) is not None
 
-    def _has_catch_all(self, domain: str) -> bool:
-        return self._accounts.get_mailbox("@" + domain) is not None
+    def _has_catch_all(self, view: _AccountView, domain: str) -> bool:
+        return view.mailbox("@" + domain) is not None
 
     def _alias(self, local: str, domain: str) -> AliasEntry | None:
         entry = self._aliases.lookup(local, domain)
@@ -215,19 +290,19 @@ class Router:
             entry = self._aliases.lookup(base, domain)
         return entry
 
-    def _mailbox_key(self, local: str, domain: str) -> str | None:
+    def _mailbox_key(self, view: _AccountView, local: str, domain: str) -> str | None:
         """The mailbox for an address in a local domain, aliases aside."""
         key = f"{local.lower()}@{domain}"
-        if self._has_mailbox(key):
+        if self._has_mailbox(view, key):
             return key
         base = _strip_subaddress(local).lower()
         base_key = f"{base}@{domain}"
-        if base_key != key and self._has_mailbox(base_key):
+        if base_key != key and self._has_mailbox(view, base_key):
             return base_key
-        owner = self._user_alias(key) or (base_key != key and self._user_alias(base_key))
+        owner = view.alias_owner(key) or (base_key != key and view.alias_owner(base_key))
         if owner:
             return owner
-        if self._has_catch_all(domain):
+        if self._has_catch_all(view, domain):
             return base_key
         return None
 
@@ -246,9 +321,10 @@ class Router:
             or no mailbox, catch-all or postmaster rule matches.
         """
         local, domain = self._split(address)
-        if domain not in self._local:
+        view = self._view()
+        if domain not in view.local:
             return None
-        key = self._mailbox_key(local, domain)
+        key = self._mailbox_key(view, local, domain)
         if key is not None:
             return key
         if self._role_fallback(local) and self._alias(local, domain) is None:
@@ -258,7 +334,7 @@ class Router:
     def is_alias(self, address: str) -> bool:
         """True when ``address`` (in a local domain) is the name of an alias."""
         local, domain = self._split(address)
-        return domain in self._local and self._alias(local, domain) is not None
+        return domain in self._view().local and self._alias(local, domain) is not None
 
     def quota_for(self, mailbox_key: str) -> int | None:
         """The quota of a mailbox in bytes, or None for no limit.
@@ -268,10 +344,13 @@ class Router:
         Args:
             mailbox_key: a key returned by :meth:`mailbox_for`.
         """
-        info = self._accounts.get_mailbox(mailbox_key)
+        return self._quota(self._view(), mailbox_key)
+
+    def _quota(self, view: _AccountView, mailbox_key: str) -> int | None:
+        info = view.mailbox(mailbox_key)
         if info is None:
             _, _, domain = mailbox_key.rpartition("@")
-            info = self._accounts.get_mailbox("@" + domain)
+            info = view.mailbox("@" + domain)
         return None if info is None else info.quota
 
     # -- RCPT time -----------------------------------------------------------------------
@@ -290,23 +369,26 @@ class Router:
         mailbox = forward_path.mailbox
         if mailbox.domain is None:
             return None  # the bare <postmaster>, RFC 5321 §4.1.1.3
-        domain = mailbox.domain.name
-        if not self.is_local_domain(domain):
+        view = self._view()
+        try:
+            domain = canonical_domain(mailbox.domain.name)
+        except ValueError:
+            domain = None
+        if domain is None or domain not in view.local:
             if relay_allowed:
                 return None
             return Reply(554, "5.7.1", f"{forward_path}: Relay access denied")
-        domain = canonical_domain(domain)
         local = mailbox.local_part
         if self._alias(local, domain) is not None:
             return None
-        key = self._mailbox_key(local, domain)
+        key = self._mailbox_key(view, local, domain)
         if key is None:
             if self._role_fallback(local):
                 return None
             return Reply(
                 550, "5.1.1", f"{forward_path}: Recipient address rejected: User unknown"
             )
-        quota = self.quota_for(key)
+        quota = self._quota(view, key)
         if quota is not None and self._mailboxes.usage(key) >= quota:
             return Reply(552, "5.2.2", f"{forward_path}: Mailbox full")
         return None
@@ -324,30 +406,43 @@ class Router:
             address that resolves to nothing is returned as one local destination, for the
             MDA to fail with ``5.1.1``. ``original`` is ``address`` for every destination.
         """
-        state = _Expansion(original=address)
+        view = self._view()
+        known = view.expansions.get(address)
+        if known is not None:
+            return list(known)
+        state = _Expansion(original=address, view=view)
         local, domain = self._split(address)
         self._visit(local, domain, (), state)
-        if not state.found:
+        if state.found:
+            found = tuple(state.found.values())
+        else:
             fallback = (
-                _address_text(local.lower(), domain) if domain in self._local
+                _address_text(local.lower(), domain) if domain in view.local
                 else _address_text(local, domain)
             )
-            route: Literal["local", "remote"] = "local" if domain in self._local else "remote"
-            return [Destination(fallback, route, address)]
-        return list(state.found.values())
+            route: Literal["local", "remote"] = "local" if domain in view.local else "remote"
+            found = (Destination(fallback, route, address),)
+        # An expansion that logged a warning is made again next time, so the warning is
+        # logged for every message it concerns.
+        if not state.warned:
+            if len(view.expansions) >= _VIEW_MAX_ENTRIES:
+                view.expansions.clear()
+            view.expansions[address] = found
+        return list(found)
 
     def _visit(self, local: str, domain: str, chain: tuple[str, ...], state: _Expansion) -> None:
         if len(state.found) >= MAX_EXPANSION:
             if not state.truncated:
-                state.truncated = True
+                state.truncated = state.warned = True
                 log.warning("alias expansion for %s stopped at %d destinations",
                             state.original, MAX_EXPANSION)
             return
-        if domain not in self._local:
+        if domain not in state.view.local:
             state.add(_address_text(local, domain), "remote")
             return
         key = f"{local.lower()}@{domain}"
         if key in chain:
+            state.warned = True
             log.warning("alias loop for %s: %s -> %s; branch dropped",
                         state.original, " -> ".join(chain), key)
             return
@@ -355,6 +450,7 @@ class Router:
             return
         entry = self._alias(local, domain)
         if entry is not None and len(chain) >= MAX_ALIAS_DEPTH:
+            state.warned = True
             log.warning("alias expansion for %s deeper than %d levels at %s; branch dropped",
                         state.original, MAX_ALIAS_DEPTH, key)
             return
@@ -374,7 +470,7 @@ class Router:
     def _deliver_local(
         self, local: str, domain: str, chain: tuple[str, ...], state: _Expansion
     ) -> None:
-        key = self._mailbox_key(local, domain)
+        key = self._mailbox_key(state.view, local, domain)
         if key is not None:
             local, _, domain = key.rpartition("@")
             state.add(_address_text(local, domain), "local")
@@ -390,9 +486,11 @@ class _Expansion:
     """The state of one :meth:`Router.expand` call."""
 
     original: str
+    view: _AccountView
     found: dict[str, Destination] = field(default_factory=dict)
     done: set[str] = field(default_factory=set)  # keys fully expanded (diamonds once)
     truncated: bool = False
+    warned: bool = False  # a warning was logged
 
     def add(self, address: str, route: Literal["local", "remote"]) -> None:
         if address not in self.found and len(self.found) < MAX_EXPANSION:

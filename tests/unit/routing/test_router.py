@@ -306,6 +306,109 @@ def test_mailbox_added_later_is_seen_without_restart(
     assert router.check_recipient(fp("<new@example.com>"), relay_allowed=False) is None
 
 
+def test_changes_by_another_connection_count_at_once(
+    tmp_path: Path, router: Router, accounts: AccountStore
+) -> None:
+    # Another connection to the same file: what ``pigeon mailbox add`` and the other
+    # account commands do while the server runs.
+    other = AccountStore(tmp_path / "accounts.db")
+    try:
+        assert router.check_recipient(fp("<new@example.com>"), relay_allowed=False) == unknown(
+            "new@example.com")
+        assert router.expand("new@example.com") == [L("new@example.com", "new@example.com")]
+        other.add_mailbox("new@example.com")
+        assert router.check_recipient(fp("<new@example.com>"), relay_allowed=False) is None
+        assert router.mailbox_for("new+tag@example.com") == "new@example.com"
+        assert router.expand("new+tag@example.com") == [
+            L("new@example.com", "new+tag@example.com")]
+        other.remove_mailbox("new@example.com")
+        assert router.check_recipient(fp("<new@example.com>"), relay_allowed=False) == unknown(
+            "new@example.com")
+        assert router.mailbox_for("new+tag@example.com") is None
+        assert router.expand("new+tag@example.com") == [
+            L("new+tag@example.com", "new+tag@example.com")]
+
+        assert router.quota_for("bob@example.com") is None
+        other.add_mailbox("bob@example.com", quota=5)
+        assert router.quota_for("bob@example.com") == 5
+        other.add_mailbox("bob@example.com", quota=None)
+        assert router.quota_for("bob@example.com") is None
+
+        assert router.check_recipient(fp("<x@added.example>"), relay_allowed=False) == Reply(
+            554, "5.7.1", "<x@added.example>: Relay access denied")
+        other.add_domain("added.example")
+        other.add_mailbox("x@added.example")
+        assert router.is_local_domain("added.example")
+        assert router.check_recipient(fp("<x@added.example>"), relay_allowed=False) is None
+        other.remove_domain("added.example")
+        assert not router.is_local_domain("added.example")
+        assert router.expand("x@added.example") == [R("x@added.example", "x@added.example")]
+
+        assert router.mailbox_for("bobby@example.com") is None
+        other.add_alias("bob@example.com", "bobby@example.com")
+        assert router.mailbox_for("bobby@example.com") == "bob@example.com"
+        assert router.check_recipient(fp("<bobby@example.com>"), relay_allowed=False) is None
+        other.remove_alias("bobby@example.com")
+        assert router.mailbox_for("bobby@example.com") is None
+    finally:
+        other.close()
+
+
+def test_changes_through_the_same_store_count_at_once(
+    router: Router, accounts: AccountStore
+) -> None:
+    assert router.mailbox_for("dave@example.com") == "dave@example.com"
+    accounts.remove_mailbox("dave@example.com")
+    assert router.mailbox_for("dave@example.com") is None
+    accounts.add_mailbox("@example.com", quota=7)
+    assert router.mailbox_for("dave@example.com") == "dave@example.com"
+    assert router.quota_for("dave@example.com") == 7
+
+
+def test_a_store_without_version_is_read_on_every_call(tmp_path: Path) -> None:
+    store = FakeAccounts("bob@example.com")
+    router = Router(make_settings(tmp_path), store,  # type: ignore[arg-type]
+                    aliases=parse_aliases(ALIASES), mailboxes=NoMailboxes())  # type: ignore[arg-type]
+    assert router.check_recipient(fp("<eve@example.com>"), relay_allowed=False) == unknown(
+        "eve@example.com")
+    store.keys["eve@example.com"] = MailboxInfo("eve@example.com", None, 0.0)
+    assert router.check_recipient(fp("<eve@example.com>"), relay_allowed=False) is None
+    assert router.mailbox_for("eve@example.com") == "eve@example.com"
+    del store.keys["eve@example.com"]
+    assert router.mailbox_for("eve@example.com") is None
+
+
+def test_lookups_past_the_kept_number_are_still_right(
+    tmp_path: Path, router: Router, accounts: AccountStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("pigeon.routing.router._VIEW_MAX_ENTRIES", 2)
+    names = [f"u{i}@example.com" for i in range(5)]
+    assert [router.mailbox_for(n) for n in names] == [None] * 5
+    assert [router.expand(n) for n in names] == [[L(n, n)] for n in names]
+    accounts.add_mailbox("u4@example.com")
+    assert [router.mailbox_for(n) for n in names] == [None] * 4 + ["u4@example.com"]
+
+
+def test_an_alias_loop_is_logged_for_every_expansion(
+    router: Router, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="pigeon.routing"):
+        first = router.expand("loop-c@example.com")
+        second = router.expand("loop-c@example.com")
+    assert first == second == [L("bob@example.com", "loop-c@example.com")]
+    assert [r.getMessage() for r in caplog.records] == [
+        "alias loop for loop-c@example.com: loop-c@example.com -> loop-d@example.com -> "
+        "loop-c@example.com; branch dropped",
+    ] * 2
+
+
+def test_expansions_are_not_shared_between_callers(router: Router) -> None:
+    first = router.expand("info@example.com")
+    first.clear()
+    assert router.expand("info@example.com") == [L("bob@example.com", "info@example.com"),
+                                                 L("alice@example.com", "info@example.com")]
+
+
 # -- properties ------------------------------------------------------------------------------
 
 _NAMES = [f"n{i}" for i in range(8)]

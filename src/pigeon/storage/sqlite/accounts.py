@@ -152,6 +152,21 @@ class AccountStore:
         ).fetchone()
         return None if row is None else _info(row)
 
+    def version(self) -> tuple[int, int]:
+        """A token that changes whenever what the store holds may have changed.
+
+        It is ``PRAGMA data_version``, which changes when another connection commits (such
+        as ``pigeon mailbox add`` run while the server runs), and the number of rows written
+        through this connection. A reader may keep what it read while the token stays the
+        same.
+
+        Returns:
+            A pair of integers, to be compared for equality only.
+        """
+        with self._lock:
+            row = self._db.execute("PRAGMA data_version").fetchone()
+            return (row[0], self._db.total_changes)
+
     def get_mailbox(self, key: str) -> MailboxInfo | None:
         """Look up a mailbox by its key.
 
