@@ -733,8 +733,12 @@ class SmtpClientSession:
     ) -> None:
         writer = self._io.writer
         try:
-            writer.write(data)
             transport = writer.transport
+            if transport.is_closing():
+                # The peer went away (uvloop refuses a write on a closed transport with
+                # RuntimeError, asyncio drops it silently): a lost connection either way.
+                raise ConnectionResetError("connection closed")
+            writer.write(data)
             if transport.get_write_buffer_size() > transport.get_write_buffer_limits()[0]:
                 async with asyncio.timeout(timeout or self._timeouts.command):
                     await writer.drain()

@@ -262,3 +262,32 @@ def test_timeouts_scale_with_the_command_limit() -> None:
     t = Timeouts.scaled(30.0, connect=5.0)
     assert (t.connect, t.greeting, t.command, t.data_start, t.data_block, t.data_end) == (
         5.0, 30.0, 30.0, 12.0, 18.0, 60.0)
+
+
+def _loop_factories() -> list[object]:
+    factories: list[object] = [pytest.param(asyncio.new_event_loop, id="asyncio")]
+    try:
+        import uvloop
+    except ImportError:  # the "speed" extra is not installed
+        return factories
+    return [*factories, pytest.param(uvloop.new_event_loop, id="uvloop")]
+
+
+@pytest.mark.parametrize("loop_factory", _loop_factories())
+def test_write_after_the_connection_closed_is_a_lost_connection(
+        peer: FakeMx, loop_factory: Callable[[], asyncio.AbstractEventLoop]) -> None:
+    async def run() -> None:
+        s = await connect(peer, tls=ClientTLS("none"))
+        s._io.writer.transport.abort()  # gone under the session, as when the peer resets
+        for _ in range(5):  # let the loop finish closing it (connection_lost runs)
+            await asyncio.sleep(0)
+        with pytest.raises(SmtpClientError) as info:
+            await s.send_message("a@example.com", ["b@example.net"], b"Subject: x\r\n\r\nx\r\n")
+        reply = info.value.reply
+        assert (reply.code, str(reply.enhanced)) == (421, "4.4.2")
+        assert reply.text.startswith("lost connection with mx.example.net[127.0.0.1] while")
+        assert reply.text.endswith("(ConnectionResetError)")
+
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        runner.run(run())
+    assert peer.messages == []
