@@ -3,27 +3,32 @@
 Layout under ``<data_dir>/spool/``:
 
 ``tmp/``
-    files being written (a message being received). A file here was never acknowledged.
+    large messages being received (see below). A file here was never acknowledged.
 ``queue/``
-    committed messages, each named by its queue id. A file appears here only after it was
-    fsynced, by an atomic rename from ``tmp/``; the directory is then fsynced, so the name
-    itself is on stable storage (Postfix's "incoming → active" move, mox's ``SyncDir``).
+    committed messages, each named by its queue id (never overwritten: a name that exists
+    fails the message). A message is acknowledged only once its file and its name here are
+    on stable storage and its index row is committed.
 ``corrupt/``
     entries that could not be used (a leftover in ``tmp/``, a file with no index row, the
     record of an index row whose file is missing). Nothing is ever deleted from here by
     Pigeon: an administrator looks and decides.
 
-Theory of operation for one message: :meth:`Spool.open` makes ``tmp/<queue id>`` with
-``O_EXCL`` (mode 0600) and returns a :class:`SpoolWriter`; the caller writes the Received
-header and the content; :meth:`Spool.commit` (for a whole batch of writers at once) makes
-the files and their new names durable, then the index row may be committed and the client
-told ``250``. Two ways to make a batch durable (``[queue] spool_sync``):
+Theory of operation for one message: :meth:`Spool.open` gives a new queue id and a
+:class:`SpoolWriter`; the caller writes the Received header and the content. Up to
+:data:`MEMORY_LIMIT` bytes the content stays in memory, and the commit thread writes it
+straight to ``queue/<queue id>`` (``O_EXCL``, mode 0600); beyond that it spills into
+``tmp/<queue id>`` as it arrives and the commit renames that file into ``queue/``. A crash
+before the index commit can leave a file in ``queue/`` without an index row: it was never
+acknowledged, and recovery moves it to ``corrupt/``. :meth:`Spool.commit` (for a whole
+batch of writers at once) makes the files and their names durable, then the index rows
+may be committed and the clients told ``250``. Two ways to make a batch durable
+(``[server] sync``):
 
 ``fsync``
-    fsync each file (in parallel threads), rename each into ``queue/``, fsync ``queue/``
-    once. Works on every POSIX system.
+    fsync each file (in parallel threads), then ``queue/`` once (Postfix's "incoming →
+    active" move, mox's ``SyncDir``). Works on every POSIX system.
 ``syncfs``
-    rename each file into ``queue/``, then ONE ``syncfs(2)`` of the file system that holds
+    write each file into ``queue/``, then ONE ``syncfs(2)`` of the file system that holds
     the spool: the kernel writes every dirty page and the journal once, however many files
     the batch has. Linux only, and only from Linux 5.8 on, the first version whose syncfs
     reports write-back errors (before it, a failed write could go unnoticed). It also
@@ -35,6 +40,7 @@ told ``250``. Two ways to make a batch durable (``[queue] spool_sync``):
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -68,9 +74,9 @@ log = logging.getLogger("pigeon.queue.spool")
 
 # Writes are buffered in blocks of this many bytes before they reach the file.
 _WRITE_BUFFER = 64 * 1024
-# How many times open() tries a fresh queue id if the name is taken (a clash needs two
-# processes making ids in the same millisecond with the same 15 random bits).
-_OPEN_TRIES = 8
+# A message is kept in memory up to this many bytes (no tmp/ file; see SpoolWriter). The
+# same as the write buffer a file would have had, so memory use per session is unchanged.
+MEMORY_LIMIT = 64 * 1024
 
 
 # Threads that fsync the files of one commit batch at the same time.
@@ -87,42 +93,46 @@ def _sync_executor() -> ThreadPoolExecutor:
         return _sync_pool
 
 
-def _sync_and_close(writer: SpoolWriter) -> BaseException | None:
+def _finish(writer: SpoolWriter, final: Path, fsync: bool) -> BaseException | None:
     try:
-        writer._sync_and_close()
-    except (OSError, ValueError) as exc:
-        return exc
-    return None
-
-
-def _close(writer: SpoolWriter) -> BaseException | None:
-    # syncfs makes the content durable later, with the whole batch.
-    try:
-        writer._sync_and_close(fsync=False)
+        writer._finish(final, fsync=fsync)
     except (OSError, ValueError) as exc:
         return exc
     return None
 
 
 class SpoolWriter:
-    """A message being written into ``spool/tmp/``.
+    """A message being written to the spool.
+
+    The content is kept in memory while it is at most :data:`MEMORY_LIMIT` bytes; the
+    commit then writes it straight to ``queue/<queue id>`` in the commit thread, so a
+    typical message costs the session no file system call at all. A larger message spills
+    to ``tmp/<queue id>`` as it arrives, and the commit moves that file into ``queue/``.
 
     Attributes:
         queue_id: the queue id the message will have.
         size: bytes written so far.
-        path: the temporary file.
+        path: the temporary file in ``tmp/`` (it exists only once the content spilled).
     """
 
-    def __init__(self, queue_id: str, path: Path, file: IO[bytes]) -> None:
+    def __init__(self, queue_id: str, path: Path, *, memory_limit: int | None = None) -> None:
         self.queue_id = queue_id
         self.path = path
         self.size = 0
-        self._file: IO[bytes] | None = file
+        self._memory_limit = MEMORY_LIMIT if memory_limit is None else memory_limit
+        self._buffer: bytearray | None = bytearray()
+        self._file: IO[bytes] | None = None
+        self._closed = False
 
     @property
     def closed(self) -> bool:
-        """True after :meth:`abort` or after the spool committed the file."""
-        return self._file is None
+        """True after :meth:`abort` or after the spool committed the message."""
+        return self._closed
+
+    @property
+    def spilled(self) -> bool:
+        """True when the content went to a file in ``tmp/`` (it outgrew the memory limit)."""
+        return self._buffer is None
 
     def write(self, data: bytes) -> None:
         """Append ``data`` to the message.
@@ -132,35 +142,86 @@ class SpoolWriter:
 
         Raises:
             ValueError: the writer was already committed or aborted.
-            OSError: the disk refused the write.
+            OSError: the disk refused the write (or the ``tmp/`` file could not be made).
         """
-        if self._file is None:
+        if self._closed:
             raise ValueError(f"spool file {self.queue_id} is closed")
+        buffer = self._buffer
+        if buffer is not None:
+            if len(buffer) + len(data) <= self._memory_limit:
+                buffer += data
+                self.size += len(data)
+                return
+            self._spill()
+        assert self._file is not None
         self._file.write(data)
         self.size += len(data)
 
+    def _spill(self) -> None:
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        file = os.fdopen(fd, "wb", buffering=_WRITE_BUFFER)
+        try:
+            assert self._buffer is not None
+            file.write(self._buffer)
+        except BaseException:
+            file.close()
+            self.path.unlink(missing_ok=True)
+            raise
+        self._file = file
+        self._buffer = None
+
     def abort(self) -> None:
-        """Give the message up: close and remove the temporary file. Safe to call twice."""
+        """Give the message up: drop the content, remove the ``tmp/`` file. Safe to call twice."""
+        self._closed = True
+        self._buffer = None
         file, self._file = self._file, None
         if file is not None:
             try:
                 file.close()
             except OSError:
                 pass
-        try:
-            self.path.unlink()
-        except FileNotFoundError:
-            pass
+            try:
+                self.path.unlink()
+            except FileNotFoundError:
+                pass
 
-    def _sync_and_close(self, *, fsync: bool = True) -> None:
-        if self._file is None:
+    def _finish(self, final: Path, *, fsync: bool) -> None:
+        """Put the content at ``final`` (in the commit thread); fsync it when asked.
+
+        Raises:
+            FileExistsError: ``final`` exists already (never overwritten).
+            OSError: the write failed (nothing is left at ``final``).
+            ValueError: the writer is closed.
+        """
+        if self._closed:
             raise ValueError(f"spool file {self.queue_id} is closed")
-        file = self._file
-        file.flush()
-        if fsync:
-            os.fsync(file.fileno())
-        file.close()
-        self._file = None
+        buffer = self._buffer
+        if buffer is not None:
+            fd = os.open(final, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            try:
+                view = memoryview(buffer)
+                while view:
+                    view = view[os.write(fd, view):]
+                if fsync:
+                    os.fsync(fd)
+            except BaseException:
+                os.close(fd)
+                final.unlink(missing_ok=True)
+                raise
+            os.close(fd)
+            self._buffer = None
+        else:
+            file = self._file
+            assert file is not None
+            file.flush()
+            if fsync:
+                os.fsync(file.fileno())
+            file.close()
+            self._file = None
+            if final.exists():
+                raise FileExistsError(errno.EEXIST, "spool file exists", str(final))
+            os.rename(self.path, final)
+        self._closed = True
 
 
 class Spool:
@@ -200,58 +261,40 @@ class Spool:
         return self.queue_dir / queue_id
 
     def open(self) -> SpoolWriter:
-        """Start a new message in ``spool/tmp/`` under a new queue id.
+        """Start a new message under a new queue id (no file yet; see :class:`SpoolWriter`).
 
         Returns:
             The writer; the caller writes the Received header and the content into it.
-
-        Raises:
-            OSError: the file cannot be created.
         """
-        for _ in range(_OPEN_TRIES):
-            queue_id = new_queue_id()
-            path = self.tmp_dir / queue_id
-            if (self.queue_dir / queue_id).exists():
-                continue
-            try:
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-            except FileExistsError:
-                continue
-            return SpoolWriter(queue_id, path, os.fdopen(fd, "wb", buffering=_WRITE_BUFFER))
-        raise FileExistsError("could not find a free queue id")
+        queue_id = new_queue_id()
+        return SpoolWriter(queue_id, self.tmp_dir / queue_id)
 
     def commit(self, writers: Sequence[SpoolWriter]) -> list[BaseException | None]:
         """Make a batch of spool files durable in ``queue/`` (group commit).
 
-        With ``fsync``: the files of the batch are fsynced at the same time, by up to
-        :data:`SYNC_THREADS` threads, so the disk flushes them together instead of one
-        after the other; each is renamed into ``queue/`` and one directory fsync covers
-        the whole batch. With ``syncfs``: each file is closed and renamed into ``queue/``,
-        then one syncfs(2) makes the contents and the names durable at once.
+        Each writer's content goes to ``queue/<queue id>`` (written from memory, or its
+        ``tmp/`` file renamed). With ``fsync``: the files of the batch are fsynced at the
+        same time, by up to :data:`SYNC_THREADS` threads, so the disk flushes them together
+        instead of one after the other, and one directory fsync covers the whole batch.
+        With ``syncfs``: one syncfs(2) makes the contents and the names durable at once.
 
         Args:
             writers: the messages to commit; each is closed afterwards.
 
         Returns:
             One entry per writer: None when its file is now durable in ``queue/``, else the
-            error (its temporary file is removed). If the final directory fsync fails, every
-            writer of the batch fails.
+            error (nothing of it is left in ``tmp/`` or ``queue/``). If the final sync
+            fails, every writer of the batch fails.
         """
         errors: list[BaseException | None] = []
         renamed = False
         syncfs = self.sync_method == "syncfs"
-        if syncfs:
-            synced = [_close(writer) for writer in writers]
-        elif len(writers) > 1:
-            synced = list(_sync_executor().map(_sync_and_close, writers))
+        finals = [self.queue_dir / writer.queue_id for writer in writers]
+        if not syncfs and len(writers) > 1:
+            done = list(_sync_executor().map(_finish, writers, finals, [True] * len(writers)))
         else:
-            synced = [_sync_and_close(writer) for writer in writers]
-        for writer, error in zip(writers, synced, strict=True):
-            if error is None:
-                try:
-                    os.rename(writer.path, self.path_for(writer.queue_id))
-                except (OSError, ValueError) as exc:
-                    error = exc
+            done = [_finish(w, f, not syncfs) for w, f in zip(writers, finals, strict=True)]
+        for writer, error in zip(writers, done, strict=True):
             if error is not None:
                 log.error("spool file %s: %s", writer.queue_id, error)
                 writer.abort()

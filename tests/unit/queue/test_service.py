@@ -102,8 +102,9 @@ async def test_durable_before_enqueue_returns(harness: Harness,
     harness.store.insert = recording_insert
     queue_id = await harness.send()
     spool = harness.data_dir / "spool"
+    # A small message never touched tmp/: written from memory into queue/, fsynced there.
     assert events == [
-        ("fsync", str(spool / "tmp" / queue_id)),
+        ("fsync", str(spool / "queue" / queue_id)),
         ("fsync", str(spool / "queue")),
         ("committed", queue_id),
     ]
@@ -112,6 +113,44 @@ async def test_durable_before_enqueue_returns(harness: Harness,
     assert db.execute("SELECT queue_id, size FROM message").fetchall() == [
         (queue_id, (spool / "queue" / queue_id).stat().st_size)]
     db.close()
+
+
+@pytest.mark.server_sync("fsync")
+async def test_large_message_spills_to_tmp_then_moves(harness: Harness,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    spool = harness.data_dir / "spool"
+    writer = harness.service.open_spool()
+    writer.write(b"Subject: big\r\n\r\n")
+    assert os.listdir(spool / "tmp") == [] and not writer.spilled
+    body = b"x" * 78 + b"\r\n"
+    for _ in range(spool_module.MEMORY_LIMIT // len(body) + 1):
+        writer.write(body)
+    assert writer.spilled and os.listdir(spool / "tmp") == [writer.queue_id]
+    events: list[tuple[str, str]] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    queue_id = await harness.service.enqueue(envelope(), writer)
+    assert events == [("fsync", str(spool / "tmp" / queue_id)), ("fsync", str(spool / "queue"))]
+    assert os.listdir(spool / "tmp") == []
+    assert (spool / "queue" / queue_id).stat().st_size == writer.size == harness.store.get(
+        queue_id).size
+
+
+async def test_an_existing_spool_file_is_never_overwritten(harness: Harness) -> None:
+    spool = harness.data_dir / "spool"
+    writer = harness.service.open_spool()
+    writer.write(CONTENT)
+    (spool / "queue" / writer.queue_id).write_bytes(b"someone else's")
+    with pytest.raises(ReplyError) as info:
+        await harness.service.enqueue(envelope(), writer)
+    assert info.value.reply.code == 451
+    assert (spool / "queue" / writer.queue_id).read_bytes() == b"someone else's"
+    assert harness.store.queue_ids() == []
 
 
 @pytest.mark.skipif(not syncfs_available(), reason="syncfs(2) needs Linux 5.8+")
