@@ -6,7 +6,10 @@ which mailbox the address is, checks for a mail loop and the quota, and stores i
 trace field that Postfix, qmail and Dovecot write, without angle brackets) followed by the
 spool file, byte for byte, copied in 64 KiB blocks. The copy keeps the wire form (CRLF line
 endings; see :mod:`pigeon.storage.maildir.store`). All file work runs in a worker thread
-(:func:`asyncio.to_thread`) so the event loop never blocks on the disk.
+so the event loop never blocks on the disk. With ``[server] sync`` on syncfs, deliveries
+that arrive while one batch is being stored form the next batch, stored by one thread with
+two syncfs calls for the whole batch (group commit, as the queue does for new messages);
+with fsync, each message is stored in its own thread with its own fsyncs.
 
 Outcomes, one :class:`~pigeon.queue.model.AttemptResult` per recipient:
 
@@ -25,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -39,6 +43,9 @@ if TYPE_CHECKING:
     from pigeon.routing.router import Router
 
 __all__ = ["HEADER_SCAN_LIMIT", "LocalDelivery", "maildir_path", "trace_prefix"]
+
+_Copy = tuple[str, Path, bytes]  # (mailbox key, spool file, prefix): one copy to store
+_DISK_ERROR = AttemptResult("deferred", 451, "4.3.0", "Local delivery failed: disk error")
 
 log = logging.getLogger("pigeon.delivery.local")
 
@@ -141,6 +148,13 @@ class LocalDelivery(DeliveryAgent):
             settings.server.data_dir / "mail", hostname=settings.server.hostname,
             sync=settings.server.sync,
         )
+        # Group commit of deliveries, when the store shares its syncs (see the docstring).
+        self._batched = (getattr(self._mailboxes, "sync_method", None) == "syncfs"
+                         and hasattr(self._mailboxes, "deliver_batch"))
+        self._waiting: list[tuple[QueuedMessage, list[QueuedRecipient],
+                                  asyncio.Future[list[AttemptResult]]]] = []
+        self._runner: asyncio.Task[None] | None = None
+        self._batch_thread: ThreadPoolExecutor | None = None
 
     async def deliver(
         self, message: QueuedMessage, recipients: list[QueuedRecipient]
@@ -156,11 +170,74 @@ class LocalDelivery(DeliveryAgent):
         """
         if not recipients:
             return []
-        return await asyncio.to_thread(self._deliver_all, message, recipients)
+        if not self._batched:
+            return await asyncio.to_thread(self._deliver_all, message, recipients)
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[list[AttemptResult]] = loop.create_future()
+        self._waiting.append((message, recipients, future))
+        if self._runner is None or self._runner.done():
+            self._runner = loop.create_task(self._run_batches(), name="local delivery")
+        # Shielded: a cancelled attempt's copy may still be stored with its batch; the
+        # recipient then stays due and gets a second copy, never none.
+        return await asyncio.shield(future)
+
+    async def _run_batches(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self._batch_thread is None:
+            self._batch_thread = ThreadPoolExecutor(1, thread_name_prefix="mda")
+        while self._waiting:
+            batch, self._waiting = self._waiting, []
+            work = [(message, recipients) for message, recipients, _ in batch]
+            try:
+                results = await loop.run_in_executor(
+                    self._batch_thread, self._deliver_batch, work
+                )
+            except Exception:
+                log.exception("local delivery of %d messages failed", len(batch))
+                results = [[_DISK_ERROR] * len(recipients) for _, recipients in work]
+            for (_, _, future), result in zip(batch, results, strict=True):
+                if not future.done():
+                    future.set_result(result)
+
+    def _deliver_batch(
+        self, work: list[tuple[QueuedMessage, list[QueuedRecipient]]]
+    ) -> list[list[AttemptResult]]:
+        """Store the copies of several messages with shared syncs (in the batch thread)."""
+        plans = [self._plan(message, recipients) for message, recipients in work]
+        copies = [step for plan in plans for step in plan if not isinstance(step, AttemptResult)]
+        stored = iter(self._mailboxes.deliver_batch(copies)) if copies else iter(())
+        out = []
+        for (message, _), plan in zip(work, plans, strict=True):
+            results = []
+            for step in plan:
+                if isinstance(step, AttemptResult):
+                    results.append(step)
+                    continue
+                outcome = next(stored)
+                results.append(self._stored(message, step[0], outcome))
+            out.append(results)
+        return out
 
     def _deliver_all(
         self, message: QueuedMessage, recipients: list[QueuedRecipient]
     ) -> list[AttemptResult]:
+        results = []
+        for step in self._plan(message, recipients):
+            if isinstance(step, AttemptResult):
+                results.append(step)
+                continue
+            key, source, prefix = step
+            try:
+                outcome: str | OSError = self._mailboxes.deliver(key, source, prefix)
+            except OSError as exc:
+                outcome = exc
+            results.append(self._stored(message, key, outcome))
+        return results
+
+    def _plan(
+        self, message: QueuedMessage, recipients: list[QueuedRecipient]
+    ) -> list[AttemptResult | _Copy]:
+        """Per recipient: its result when decided without storing, else the copy to store."""
         try:
             seen = delivered_to_addresses(message.spool_path)
         except OSError as exc:
@@ -168,11 +245,19 @@ class LocalDelivery(DeliveryAgent):
                       message.queue_id, message.spool_path, exc)
             result = AttemptResult("deferred", 451, "4.3.0", "Cannot read the queued message")
             return [result for _ in recipients]
-        return [self._deliver_one(message, r, seen) for r in recipients]
+        return [self._plan_one(message, r, seen) for r in recipients]
 
-    def _deliver_one(
+    @staticmethod
+    def _stored(message: QueuedMessage, key: str, outcome: str | OSError) -> AttemptResult:
+        if isinstance(outcome, OSError):
+            log.error("%s: delivery to %s failed: %s", message.queue_id, key, outcome)
+            return _DISK_ERROR
+        log.info("%s: delivered to %s as %s", message.queue_id, key, outcome)
+        return AttemptResult("delivered", 250, "2.0.0", "Delivered to mailbox")
+
+    def _plan_one(
         self, message: QueuedMessage, recipient: QueuedRecipient, seen: set[str]
-    ) -> AttemptResult:
+    ) -> AttemptResult | _Copy:
         address = recipient.address
         key = self._router.mailbox_for(address)
         if key is None:
@@ -185,14 +270,12 @@ class LocalDelivery(DeliveryAgent):
             return AttemptResult("failed", 554, "5.4.6", "Mail loop detected")
         prefix = trace_prefix(message.reverse_path, address)
         quota = self._router.quota_for(key)
-        try:
-            if quota is not None:
+        if quota is not None:
+            try:
                 size = len(prefix) + message.spool_path.stat().st_size
                 if self._mailboxes.usage(key) + size > quota:
                     return AttemptResult("deferred", 452, "4.2.2", "Mailbox full")
-            name = self._mailboxes.deliver(key, message.spool_path, prefix)
-        except OSError as exc:
-            log.error("%s: delivery to %s failed: %s", message.queue_id, key, exc)
-            return AttemptResult("deferred", 451, "4.3.0", "Local delivery failed: disk error")
-        log.info("%s: delivered to %s as %s", message.queue_id, key, name)
-        return AttemptResult("delivered", 250, "2.0.0", "Delivered to mailbox")
+            except OSError as exc:
+                log.error("%s: delivery to %s failed: %s", message.queue_id, key, exc)
+                return _DISK_ERROR
+        return (key, message.spool_path, prefix)

@@ -23,6 +23,8 @@ from pigeon.delivery.local import (
 from pigeon.queue.model import AttemptResult, QueuedMessage, QueuedRecipient
 from pigeon.routing.aliases import parse_aliases
 from pigeon.routing.router import Router
+from pigeon.storage import durability
+from pigeon.storage.durability import syncfs_available
 from pigeon.storage.maildir.store import COPY_BLOCK, MaildirStore, encode_name
 from pigeon.storage.sqlite.accounts import AccountStore
 
@@ -37,11 +39,11 @@ NAME_RE = re.compile(r"^(\d+)\.M(\d{1,6})P(\d+)Q(\d+)\.mx\.example\.com,S=(\d+)$
 DELIVERED = AttemptResult("delivered", 250, "2.0.0", "Delivered to mailbox")
 
 
-def make_settings(tmp_path: Path) -> Settings:
+def make_settings(tmp_path: Path, sync: str = "auto") -> Settings:
     base = Settings()
     return base.model_copy(update={
         "server": base.server.model_copy(
-            update={"hostname": "mx.example.com", "data_dir": tmp_path}
+            update={"hostname": "mx.example.com", "data_dir": tmp_path, "sync": sync}
         ),
         "domains": base.domains.model_copy(update={"local": ["example.com", "example.org"]}),
     })
@@ -57,9 +59,15 @@ def accounts(tmp_path: Path) -> AccountStore:
     store.close()
 
 
-@pytest.fixture
-def mda(tmp_path: Path, accounts: AccountStore) -> LocalDelivery:
-    settings = make_settings(tmp_path)
+@pytest.fixture(params=[
+    "fsync",
+    pytest.param("syncfs", marks=pytest.mark.skipif(not syncfs_available(),
+                                                    reason="syncfs(2) needs Linux 5.8+")),
+])
+def mda(tmp_path: Path, accounts: AccountStore, request: pytest.FixtureRequest
+        ) -> LocalDelivery:
+    """The MDA, once per [server] sync method (syncfs: deliveries in batches)."""
+    settings = make_settings(tmp_path, request.param)
     router = Router(settings, accounts, aliases=parse_aliases("team: bob, carol@example.org\n"
                                                               "loop1: loop2\nloop2: loop1\n"))
     return LocalDelivery(settings, accounts, router)
@@ -310,3 +318,37 @@ def test_encode_name_is_safe_and_reversible(name: str) -> None:
     assert not encoded.startswith(".")
     assert encoded.isprintable()
     assert unquote(encoded, errors="surrogatepass") == name
+
+
+@pytest.mark.skipif(not syncfs_available(), reason="syncfs(2) needs Linux 5.8+")
+async def test_concurrent_deliveries_share_two_syncfs(
+        tmp_path: Path, accounts: AccountStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = make_settings(tmp_path, "syncfs")
+    mda = LocalDelivery(settings, accounts, Router(settings, accounts, aliases={}))
+    syncs: list[list[str]] = []
+    real = durability.sync_filesystem
+    box = maildir_path(tmp_path, "bob@example.com")
+
+    def recording(path: Path) -> None:
+        syncs.append(sorted(os.listdir(box / "new")) if (box / "new").is_dir() else [])
+        real(path)
+
+    monkeypatch.setattr(durability, "sync_filesystem", recording)
+    messages = []
+    for i in range(10):
+        spool = tmp_path / "spool" / f"m{i}"
+        spool.parent.mkdir(parents=True, exist_ok=True)
+        spool.write_bytes(b"Subject: %d\r\n\r\nbody\r\n" % i)
+        messages.append(QueuedMessage(
+            queue_id=f"m{i}", reverse_path="alice@remote.example", spool_path=spool,
+            size=spool.stat().st_size, arrival=1_700_000_000.0,
+            recipients=[QueuedRecipient(id=i, address="bob@example.com",
+                                        original="bob@example.com")]))
+    results = await asyncio.gather(*(mda.deliver(m, m.recipients) for m in messages))
+    assert results == [[DELIVERED]] * 10
+    # One batch: one syncfs before any file is in new/, one after all ten are.
+    assert len(syncs) == 2 and syncs[0] == [] and len(syncs[1]) == 10
+    stored = sorted(p.read_bytes() for p in (box / "new").iterdir())
+    assert stored == sorted(trace_prefix("alice@remote.example", "bob@example.com")
+                            + b"Subject: %d\r\n\r\nbody\r\n" % i for i in range(10))
+    assert os.listdir(box / "tmp") == []

@@ -36,6 +36,7 @@ import itertools
 import os
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from pigeon.storage.durability import SyncBarrier, resolve_sync_method
@@ -224,6 +225,81 @@ class MaildirStore:
         Raises:
             OSError: the message could not be stored; the ``tmp/`` file is removed.
         """
+        box, name = self._write_tmp(key, source, prefix, fsync=self._barrier is None)
+        try:
+            if self._barrier is not None:
+                self._barrier.sync()  # the content, before its name appears in new/
+            self._publish(box, name)
+            if self._barrier is None:
+                _fsync_dir(box / "new")
+            else:
+                self._barrier.sync()  # the name in new/
+        except BaseException:
+            (box / "tmp" / name).unlink(missing_ok=True)
+            raise
+        return name
+
+    def deliver_batch(
+        self, items: Sequence[tuple[str, Path, bytes]]
+    ) -> list[str | OSError]:
+        """Store several messages, sharing the syncs: :meth:`deliver` for each, at once.
+
+        With ``sync="syncfs"``: every ``tmp/`` file is written, ONE syncfs makes them
+        durable, each is moved into ``new/``, and ONE more syncfs makes the names durable.
+        With ``sync="fsync"``: :meth:`deliver` for each item in turn.
+
+        Args:
+            items: ``(key, source, prefix)`` per copy, as for :meth:`deliver`.
+
+        Returns:
+            Per item, in order: the file name in ``new/``, or the error that stopped it
+            (nothing of a failed item is left in ``tmp/`` or ``new/``, except when the
+            final sync failed: the file may then be in ``new/``, and is reported failed).
+        """
+        if self._barrier is None:
+            out: list[str | OSError] = []
+            for key, source, prefix in items:
+                try:
+                    out.append(self.deliver(key, source, prefix))
+                except OSError as exc:
+                    out.append(exc)
+            return out
+        written: list[tuple[Path, str] | OSError] = []
+        for key, source, prefix in items:
+            try:
+                written.append(self._write_tmp(key, source, prefix, fsync=False))
+            except OSError as exc:
+                written.append(exc)
+        pending = [w for w in written if not isinstance(w, OSError)]
+        if not pending:
+            return [w for w in written if isinstance(w, OSError)]
+        try:
+            self._barrier.sync()
+        except OSError as exc:
+            for box, name in pending:
+                (box / "tmp" / name).unlink(missing_ok=True)
+            return [w if isinstance(w, OSError) else exc for w in written]
+        results: list[str | OSError] = []
+        for w in written:
+            if isinstance(w, OSError):
+                results.append(w)
+                continue
+            box, name = w
+            try:
+                self._publish(box, name)
+                results.append(name)
+            except OSError as exc:
+                (box / "tmp" / name).unlink(missing_ok=True)
+                results.append(exc)
+        try:
+            self._barrier.sync()
+        except OSError as exc:
+            return [r if isinstance(r, OSError) else exc for r in results]
+        return results
+
+    def _write_tmp(self, key: str, source: Path, prefix: bytes, *, fsync: bool
+                   ) -> tuple[Path, str]:
+        """Write ``prefix`` + ``source`` to a new file in ``tmp/``; return (Maildir, name)."""
         box = self.ensure(key)
         with open(source, "rb") as src:
             size = len(prefix) + os.fstat(src.fileno()).st_size
@@ -243,33 +319,28 @@ class MaildirStore:
                         out.write(block)
                         written += len(block)
                     out.flush()
-                    if self._barrier is None:
+                    if fsync:
                         os.fsync(out.fileno())
                 if written != size:
                     raise OSError(errno.EIO, f"spool file changed while copying: {source}")
-                if self._barrier is not None:
-                    self._barrier.sync()  # the content, before its name appears in new/
-                final = box / "new" / name
-                try:
-                    os.link(tmp, final)
-                except OSError as exc:
-                    if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP,
-                                         errno.EXDEV, errno.EMLINK):
-                        raise
-                    os.rename(tmp, final)
-                else:
-                    os.unlink(tmp)
-                if self._barrier is None:
-                    _fsync_dir(box / "new")
-                else:
-                    self._barrier.sync()  # the name in new/
             except BaseException:
-                try:
-                    os.unlink(tmp)
-                except FileNotFoundError:
-                    pass
+                tmp.unlink(missing_ok=True)
                 raise
-        return name
+        return box, name
+
+    @staticmethod
+    def _publish(box: Path, name: str) -> None:
+        """Move ``tmp/name`` into ``new/`` without ever replacing a file there."""
+        tmp, final = box / "tmp" / name, box / "new" / name
+        try:
+            os.link(tmp, final)
+        except OSError as exc:
+            if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP,
+                                 errno.EXDEV, errno.EMLINK):
+                raise
+            os.rename(tmp, final)
+        else:
+            os.unlink(tmp)
 
     def usage(self, key: str) -> int:
         """Bytes used by the mailbox: the sum of file sizes in ``new/`` and ``cur/``.
