@@ -227,6 +227,9 @@ class Scheduler:
 
     Attributes:
         dsns_sent: DSNs queued by this scheduler.
+        in_flight: the delivery task of each message being attempted, by queue id.
+        committing: queue ids whose enqueue is being committed (visible in the index but
+            not yet acknowledged); passes skip them, the queue offers them when durable.
     """
 
     def __init__(
@@ -256,6 +259,9 @@ class Scheduler:
         self._write = write or _write_in_thread
         self._running = False
         self._backlog = False
+        # Queue ids whose enqueue is being committed: in the index, not yet acknowledged.
+        # Passes leave them alone; the queue offers each one once its commit is durable.
+        self.committing: set[str] = set()
         self._slots = asyncio.Semaphore(self.concurrency)
         self._wake = asyncio.Event()
         self.in_flight: dict[str, asyncio.Task[int]] = {}
@@ -353,7 +359,8 @@ class Scheduler:
         ids = await asyncio.to_thread(
             self.store.due, self.clock(), free + len(self.in_flight)
         )
-        fresh = [queue_id for queue_id in ids if queue_id not in self.in_flight]
+        fresh = [queue_id for queue_id in ids
+                 if queue_id not in self.in_flight and queue_id not in self.committing]
         for queue_id in fresh[:free]:
             self._spawn(queue_id)
         return len(fresh) > free or len(fresh) < len(ids)

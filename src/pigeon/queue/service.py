@@ -166,6 +166,9 @@ class QueueService:
         self._loop_task: asyncio.Task[None] | None = None
         self._closing = False
         self._lock_fd: int | None = None
+        # True when one syncfs of the spool also covers the index (the default SQLite
+        # store, on the spool's file system): see _commit_batch.
+        self._index_on_spool_fs = False
 
     # -- life cycle ----------------------------------------------------------------------------
 
@@ -198,6 +201,10 @@ class QueueService:
         try:
             if self._store is None:
                 self._store = await asyncio.to_thread(self._open_default_store)
+                self._index_on_spool_fs = (
+                    self.spool.sync_method == "syncfs"
+                    and os.stat(self.data_dir).st_dev == os.stat(self.spool.queue_dir).st_dev
+                )
             self.recovery = await asyncio.to_thread(self._recover)
         except BaseException:
             self._release_lock()
@@ -350,8 +357,6 @@ class QueueService:
         await asyncio.shield(future)
         log.info("%s: queued from=<%s> size=%d nrcpt=%d%s", message.queue_id,
                  message.reverse_path, message.size, len(recipients), " (DSN)" if is_dsn else "")
-        if self._scheduler is None or not self._scheduler.offer(message):
-            self.wake()
         return message.queue_id
 
     async def write(self, call: Callable[[], T], durable: bool) -> T:
@@ -458,6 +463,11 @@ class QueueService:
                 if self._closing:
                     return
                 continue
+            scheduler = self._scheduler
+            committing = {item.message.queue_id for item in batch}
+            if scheduler is not None:
+                # Visible in the index before durable (see _commit_batch): not for passes.
+                scheduler.committing |= committing
             try:
                 errors, outcomes = await asyncio.get_running_loop().run_in_executor(
                     self._commit_thread, self._commit_batch, batch, writes
@@ -466,13 +476,20 @@ class QueueService:
                 log.exception("queue commit failed")
                 errors = [exc] * len(batch)
                 outcomes = [(False, exc)] * len(writes)
+            offered = True
             for item, error in zip(batch, errors, strict=True):
+                if error is None and scheduler is not None:
+                    offered = scheduler.offer(item.message) and offered
                 if item.future.done():
                     continue
                 if error is None:
                     item.future.set_result(None)
                 else:
                     item.future.set_exception(ReplyError(QUEUE_WRITE_FAILED))
+            if scheduler is not None:
+                scheduler.committing -= committing
+                if not offered:
+                    scheduler.wake()
             for write, (ok, value) in zip(writes, outcomes, strict=True):
                 if write.future.done():
                     continue
@@ -488,13 +505,29 @@ class QueueService:
     ) -> tuple[list[BaseException | None], list[tuple[bool, Any]]]:
         """Group commit, in the commit thread.
 
-        Fsync the new spool files, rename them, fsync the directory; then ONE index
-        transaction with the new messages and the scheduler's writes. Returns an error (or
-        None) per enqueue and ``(ok, result or exception)`` per write.
+        The new spool files go into ``queue/``; then ONE index transaction holds the new
+        messages and the scheduler's writes. Durability, two ways:
+
+        - the spool is synced first (an fsync per file and one of ``queue/``, or one
+          syncfs), then the transaction commits with ``synchronous=FULL``;
+        - when the spool syncs with syncfs and the index lives on the same file system,
+          the transaction commits with ``synchronous=NORMAL`` (its log written, not yet
+          flushed) and ONE syncfs afterwards makes the spool files and the index durable
+          together. Should the machine lose power before that syncfs completes, the index
+          may keep rows whose spool file is gone: nobody was told ``250`` for them, and
+          recovery moves them aside.
+
+        Returns:
+            An error (or None) per enqueue, and ``(ok, result or exception)`` per write.
         """
-        errors = self.spool.commit([item.writer for item in batch]) if batch else []
+        sync_after = bool(batch) and self._index_on_spool_fs
+        if batch:
+            writers = [item.writer for item in batch]
+            errors = self.spool.place(writers) if sync_after else self.spool.commit(writers)
+        else:
+            errors = []
         ready = [item.message for item, error in zip(batch, errors, strict=True) if error is None]
-        durable = bool(ready) or any(w.durable for w in writes)
+        durable = not sync_after and (bool(ready) or any(w.durable for w in writes))
         insert_error: Exception | None = None
         outcomes: list[tuple[bool, Any]] = []
         try:
@@ -514,6 +547,19 @@ class QueueService:
                           len(ready), len(writes))
             insert_error = exc
             outcomes = [(False, exc)] * len(writes)
+        if sync_after:
+            try:
+                self.spool.sync()
+            except OSError as exc:
+                # Nothing of this batch is known durable: refuse its messages (taking their
+                # rows out again) and fail the writes that needed durability.
+                if ready and insert_error is None:
+                    for message in ready:
+                        with contextlib.suppress(Exception):
+                            self.store.delete(message.queue_id)
+                insert_error = insert_error or exc
+                outcomes = [(False, exc) if write.durable and ok else (ok, value)
+                            for write, (ok, value) in zip(writes, outcomes, strict=True)]
         if ready and insert_error is not None:
             log.error("queue index commit failed for %d messages: %s", len(ready), insert_error)
             for i, error in enumerate(errors):

@@ -272,11 +272,11 @@ class Spool:
     def commit(self, writers: Sequence[SpoolWriter]) -> list[BaseException | None]:
         """Make a batch of spool files durable in ``queue/`` (group commit).
 
-        Each writer's content goes to ``queue/<queue id>`` (written from memory, or its
-        ``tmp/`` file renamed). With ``fsync``: the files of the batch are fsynced at the
-        same time, by up to :data:`SYNC_THREADS` threads, so the disk flushes them together
-        instead of one after the other, and one directory fsync covers the whole batch.
-        With ``syncfs``: one syncfs(2) makes the contents and the names durable at once.
+        :meth:`place`, then :meth:`sync`. With ``fsync``: the files of the batch are
+        fsynced at the same time, by up to :data:`SYNC_THREADS` threads, so the disk
+        flushes them together instead of one after the other, and one directory fsync
+        covers the whole batch. With ``syncfs``: one syncfs(2) makes the contents and the
+        names durable at once.
 
         Args:
             writers: the messages to commit; each is closed afterwards.
@@ -286,35 +286,62 @@ class Spool:
             error (nothing of it is left in ``tmp/`` or ``queue/``). If the final sync
             fails, every writer of the batch fails.
         """
-        errors: list[BaseException | None] = []
-        renamed = False
-        syncfs = self.sync_method == "syncfs"
-        finals = [self.queue_dir / writer.queue_id for writer in writers]
-        if not syncfs and len(writers) > 1:
-            done = list(_sync_executor().map(_finish, writers, finals, [True] * len(writers)))
-        else:
-            done = [_finish(w, f, not syncfs) for w, f in zip(writers, finals, strict=True)]
-        for writer, error in zip(writers, done, strict=True):
-            if error is not None:
-                log.error("spool file %s: %s", writer.queue_id, error)
-                writer.abort()
-                errors.append(error)
-            else:
-                renamed = True
-                errors.append(None)
-        if renamed:
+        errors = self.place(writers)
+        if any(error is None for error in errors):
             try:
-                if syncfs:
-                    sync_filesystem(self.queue_dir)
-                else:
-                    fsync_directory(self.queue_dir)
+                self.sync()
             except OSError as exc:
-                log.error("%s of %s failed: %s", self.sync_method, self.queue_dir, exc)
                 for i, writer in enumerate(writers):
                     if errors[i] is None:
                         self.discard(writer.queue_id)
                         errors[i] = exc
         return errors
+
+    def place(self, writers: Sequence[SpoolWriter]) -> list[BaseException | None]:
+        """Put each writer's content at ``queue/<queue id>``; durable only after :meth:`sync`.
+
+        The content is written from memory, or the ``tmp/`` file is renamed. With
+        ``fsync`` each file is also fsynced here (in parallel threads).
+
+        Args:
+            writers: the messages; each is closed afterwards.
+
+        Returns:
+            Per writer: None when its file is in ``queue/``, else the error (nothing of it
+            is left in ``tmp/`` or ``queue/``).
+        """
+        errors: list[BaseException | None] = []
+        fsync = self.sync_method != "syncfs"
+        finals = [self.queue_dir / writer.queue_id for writer in writers]
+        if fsync and len(writers) > 1:
+            done = list(_sync_executor().map(_finish, writers, finals, [True] * len(writers)))
+        else:
+            done = [_finish(w, f, fsync) for w, f in zip(writers, finals, strict=True)]
+        for writer, error in zip(writers, done, strict=True):
+            if error is not None:
+                log.error("spool file %s: %s", writer.queue_id, error)
+                writer.abort()
+            errors.append(error)
+        return errors
+
+    def sync(self) -> None:
+        """Make the files placed in ``queue/`` and their names durable.
+
+        ``fsync``: fsync ``queue/`` (the files were fsynced by :meth:`place`). ``syncfs``:
+        one syncfs(2) of the spool's file system, which also makes durable everything else
+        written on it so far (the queue index shares it; see ``QueueService``).
+
+        Raises:
+            OSError: the sync failed; nothing placed since the last sync is known durable.
+        """
+        try:
+            if self.sync_method == "syncfs":
+                sync_filesystem(self.queue_dir)
+            else:
+                fsync_directory(self.queue_dir)
+        except OSError as exc:
+            log.error("%s of %s failed: %s", self.sync_method, self.queue_dir, exc)
+            raise
 
     def discard(self, queue_id: str) -> bool:
         """Remove a committed spool file (a delivered, deleted or never acknowledged message).

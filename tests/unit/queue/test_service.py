@@ -169,17 +169,23 @@ async def test_syncfs_makes_the_batch_durable_before_the_index_commit(
 
     monkeypatch.setattr(os, "fsync", fsync)
     monkeypatch.setattr(spool_module, "sync_filesystem", syncfs)
-    insert = harness.store.insert
+    store = harness.store
+    insert = store.insert
 
     def recording_insert(messages: Any) -> None:
         insert(messages)
-        events.append(("committed", sorted(m.queue_id for m in messages)))
+        level = store._db.execute("PRAGMA synchronous").fetchone()[0]
+        events.append(("inserted", sorted(m.queue_id for m in messages), level))
 
-    harness.store.insert = recording_insert
+    store.insert = recording_insert
+    transactions = store.transactions
     ids = sorted(await asyncio.gather(*(harness.send() for _ in range(5))))
-    # No per-file fsync: one syncfs after all five renames, then the index transaction
-    # (SQLite's own WAL fsync is not os.fsync).
-    assert events == [("syncfs", ids), ("committed", ids)]
+    # No fsync at all: the five files are placed, the index transaction commits without
+    # flushing its log (synchronous=NORMAL, 1), then ONE syncfs makes both durable, and
+    # only then do the enqueues return.
+    assert events == [("inserted", ids, 1), ("syncfs", ids)]
+    assert store.transactions == transactions + 1
+    assert store._db.execute("PRAGMA synchronous").fetchone()[0] == 2  # back to FULL
     spool = harness.data_dir / "spool"
     assert os.listdir(spool / "tmp") == []
     assert all((spool / "queue" / q).read_bytes().endswith(CONTENT) for q in ids)
