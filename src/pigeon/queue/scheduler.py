@@ -502,14 +502,18 @@ class Scheduler:
         if all(r.state in FINAL_STATES for r in message.recipients):
             await self._remove(queue_id)
 
+    def _discard_then_delete(self, queue_id: str) -> bool:
+        """Remove the spool file, then the rows (in the thread that writes the index)."""
+        self._discard_spool(queue_id)
+        return self.store.delete(queue_id)
+
     async def _remove(self, queue_id: str) -> None:
         """Remove a message whose recipients are all final (their states are durable)."""
         # The spool file first, then the rows: a crash in between leaves a finished
         # entry without content, which the next start simply removes. The other order
         # would leave a spool file without rows, indistinguishable from a message that
         # was never acknowledged, and recovery would move it to spool/corrupt.
-        await asyncio.to_thread(self._discard_spool, queue_id)
-        await self._write(partial(self.store.delete, queue_id), False)
+        await self._write(partial(self._discard_then_delete, queue_id), False)
         log.info("%s: removed (all recipients done)", queue_id)
 
     async def _send_events(self, message: QueuedMessage, events: dict[int, DsnAction]) -> None:

@@ -74,7 +74,7 @@ def syncfs_available() -> bool:
 
 
 def resolve_sync_method(method: str) -> str:
-    """Turn ``[queue] spool_sync`` into the method used: ``"fsync"`` or ``"syncfs"``.
+    """Turn ``[server] sync`` into the method used: ``"fsync"`` or ``"syncfs"``.
 
     Args:
         method: one of :data:`SYNC_METHODS`.
