@@ -203,7 +203,7 @@ class LocalDelivery(DeliveryAgent):
         self, work: list[tuple[QueuedMessage, list[QueuedRecipient]]]
     ) -> list[list[AttemptResult]]:
         """Store the copies of several messages with shared syncs (in the batch thread)."""
-        plans = [self._plan(message, recipients) for message, recipients in work]
+        plans = [self._plan_guarded(message, recipients) for message, recipients in work]
         copies = [step for plan in plans for step in plan if not isinstance(step, AttemptResult)]
         stored = iter(self._mailboxes.deliver_batch(copies)) if copies else iter(())
         out = []
@@ -217,6 +217,16 @@ class LocalDelivery(DeliveryAgent):
                 results.append(self._stored(message, step[0], outcome))
             out.append(results)
         return out
+
+    def _plan_guarded(
+        self, message: QueuedMessage, recipients: list[QueuedRecipient]
+    ) -> list[AttemptResult | _Copy]:
+        """:meth:`_plan`, where an unexpected error defers this message alone."""
+        try:
+            return self._plan(message, recipients)
+        except Exception:
+            log.exception("%s: local delivery failed", message.queue_id)
+            return [_DISK_ERROR for _ in recipients]
 
     def _deliver_all(
         self, message: QueuedMessage, recipients: list[QueuedRecipient]

@@ -6,18 +6,21 @@ MTA inbound, MSA submission, local tools and the DSNs Pigeon makes itself.
 Theory of operation
 -------------------
 *Enqueue.* The caller gets a :class:`SpoolWriter` from :meth:`QueueService.open_spool`,
-writes the Received header and the content into ``spool/tmp/<queue id>``, then calls
-:meth:`QueueService.enqueue`. Enqueue expands each forward-path through the router (aliases,
-subaddresses; one row per final address) and hands the message to the *committer*.
+writes the Received header and the content into it (kept in memory up to 64 KiB, else in
+``spool/tmp/<queue id>``), then calls :meth:`QueueService.enqueue`. Enqueue expands each
+forward-path through the router (aliases, subaddresses; one row per final address) and
+hands the message to the *committer*.
 
-*Group commit.* A single committer task takes every enqueue waiting at that moment as one
-batch and, in its own thread (never queued behind delivery work in the event loop's shared
-executor): fsyncs the spool files (in parallel), renames each into ``spool/queue/``,
-fsyncs that directory once, and inserts all the batch's rows in ONE SQLite transaction
-(``synchronous=FULL``). Only then are the waiting enqueues answered, so ``250`` after DATA
-means file, directory and index are all on stable storage (RFC 5321 §4.1.1.4, §6.1: the
-server takes responsibility for the message once it says OK). Enqueues arriving while a
-batch is being written form the next batch: concurrent sessions share one fsync batch.
+*Group commit.* A single committer task takes every enqueue waiting at that moment, and
+every index write the scheduler asked for (:meth:`QueueService.write`), as one batch and,
+in its own thread: puts each spool file into ``spool/queue/``, makes them durable, and
+writes all the batch's rows in ONE SQLite transaction; see :meth:`_commit_batch` for the
+two orders (fsync per file, then a ``synchronous=FULL`` commit; or a ``NORMAL`` commit
+followed by one syncfs that covers files and index). Only then are the waiting enqueues
+answered, so ``250`` after DATA means file, name and index are all on stable storage (RFC
+5321 §4.1.1.4, §6.1: the server takes responsibility for the message once it says OK).
+Enqueues arriving while a batch is being written form the next batch: concurrent sessions
+share one sync. Each committed message is then offered to the scheduler from memory.
 
 *Recovery* (:meth:`QueueService.start`). The index is the truth. Every non-final recipient
 is resumed at its recorded ``next_attempt_at``. Unusable entries are moved into
@@ -259,6 +262,7 @@ class QueueService:
         if self._store is not None:
             await asyncio.to_thread(self._store.close)
             self._store = None
+        self.spool.close()
         self._release_lock()
 
     def _open_default_store(self) -> QueueStore:

@@ -53,9 +53,9 @@ from typing import IO, Any
 from pigeon.queue.ids import is_queue_id, new_queue_id
 from pigeon.storage.durability import (
     SYNC_METHODS,
+    SyncHandle,
     fsync_directory,
     resolve_sync_method,
-    sync_filesystem,
     syncfs_available,
 )
 
@@ -66,7 +66,6 @@ __all__ = [
     "SpoolWriter",
     "fsync_directory",
     "resolve_sync_method",
-    "sync_filesystem",
     "syncfs_available",
 ]
 
@@ -218,9 +217,13 @@ class SpoolWriter:
                 os.fsync(file.fileno())
             file.close()
             self._file = None
-            if final.exists():
-                raise FileExistsError(errno.EEXIST, "spool file exists", str(final))
-            os.rename(self.path, final)
+            try:
+                if final.exists():
+                    raise FileExistsError(errno.EEXIST, "spool file exists", str(final))
+                os.rename(self.path, final)
+            except BaseException:
+                self.path.unlink(missing_ok=True)  # abort() no longer owns the tmp/ file
+                raise
         self._closed = True
 
 
@@ -241,6 +244,7 @@ class Spool:
     def __init__(self, root: Path, *, sync: str = "fsync") -> None:
         self.root = root
         self.sync_method = resolve_sync_method(sync)
+        self._sync_handle: SyncHandle | None = None
         self.tmp_dir = root / "tmp"
         self.queue_dir = root / "queue"
         self.corrupt_dir = root / "corrupt"
@@ -249,6 +253,16 @@ class Spool:
         """Create the spool directories (mode 0700) when missing."""
         for path in (self.root, self.tmp_dir, self.queue_dir, self.corrupt_dir):
             path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if self.sync_method == "syncfs" and self._sync_handle is None:
+            # Opened before the first message is written, so its syncfs hears of every
+            # write-back error from then on (see pigeon.storage.durability).
+            self._sync_handle = SyncHandle(self.queue_dir)
+
+    def close(self) -> None:
+        """Release the descriptor kept for syncfs. Safe to call twice."""
+        handle, self._sync_handle = self._sync_handle, None
+        if handle is not None:
+            handle.close()
 
     def path_for(self, queue_id: str) -> Path:
         """Return the committed spool file of ``queue_id`` (``spool/queue/<queue id>``).
@@ -336,7 +350,9 @@ class Spool:
         """
         try:
             if self.sync_method == "syncfs":
-                sync_filesystem(self.queue_dir)
+                if self._sync_handle is None:
+                    self._sync_handle = SyncHandle(self.queue_dir)
+                self._sync_handle.sync()
             else:
                 fsync_directory(self.queue_dir)
         except OSError as exc:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import sqlite3
 import stat
 from pathlib import Path
 from urllib.parse import unquote
@@ -329,9 +330,9 @@ async def test_concurrent_deliveries_share_two_syncfs(
     real = durability.sync_filesystem
     box = maildir_path(tmp_path, "bob@example.com")
 
-    def recording(path: Path) -> None:
+    def recording(path: Path, fd: int) -> None:
         syncs.append(sorted(os.listdir(box / "new")) if (box / "new").is_dir() else [])
-        real(path)
+        real(path, fd)
 
     monkeypatch.setattr(durability, "sync_filesystem", recording)
     messages = []
@@ -352,3 +353,61 @@ async def test_concurrent_deliveries_share_two_syncfs(
     assert stored == sorted(trace_prefix("alice@remote.example", "bob@example.com")
                             + b"Subject: %d\r\n\r\nbody\r\n" % i for i in range(10))
     assert os.listdir(box / "tmp") == []
+
+
+async def test_an_error_planning_one_message_defers_that_message_only(
+        mda: LocalDelivery, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    router = mda._router
+    real = router.mailbox_for
+
+    def mailbox_for(address: str) -> str | None:
+        if address == "carol@example.org":
+            raise sqlite3.OperationalError("database is locked")
+        return real(address)
+
+    monkeypatch.setattr(router, "mailbox_for", mailbox_for)
+    messages = []
+    for queue_id, address in (("0AAA", "bob@example.com"), ("0BBB", "carol@example.org")):
+        spool = tmp_path / "spool" / queue_id
+        spool.parent.mkdir(parents=True, exist_ok=True)
+        spool.write_bytes(CONTENT)
+        messages.append(QueuedMessage(
+            queue_id=queue_id, reverse_path="alice@remote.example", spool_path=spool,
+            size=len(CONTENT), arrival=1_700_000_000.0,
+            recipients=[QueuedRecipient(id=1, address=address, original=address)]))
+    good, bad = messages
+    results = await asyncio.gather(mda.deliver(good, good.recipients),
+                                   mda.deliver(bad, bad.recipients), return_exceptions=True)
+    if mda._batched:
+        assert results == [[DELIVERED], [AttemptResult(
+            "deferred", 451, "4.3.0", "Local delivery failed: disk error")]]
+    else:  # one thread per message: the exception reaches the scheduler for that one
+        assert results[0] == [DELIVERED] and isinstance(results[1], sqlite3.OperationalError)
+    assert len(files(tmp_path, "bob@example.com")) == 1
+    assert files(tmp_path, "carol@example.org") == []
+
+
+@pytest.mark.skipif(not syncfs_available(), reason="syncfs(2) needs Linux 5.8+")
+def test_batch_keeps_the_copies_it_stored_when_one_item_fails(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = MaildirStore(tmp_path / "mail", hostname="mx.example.com", sync="syncfs")
+    spool = tmp_path / "spool"
+    spool.write_bytes(CONTENT)
+    publish = MaildirStore._publish
+    calls: list[str] = []
+
+    def flaky_publish(box: Path, name: str) -> None:
+        calls.append(name)
+        if len(calls) == 2:
+            raise RuntimeError("unexpected")
+        publish(box, name)
+
+    monkeypatch.setattr(MaildirStore, "_publish", staticmethod(flaky_publish))
+    out = store.deliver_batch([("bob@example.com", spool, b""),
+                               ("carol@example.org", spool, b""),
+                               ("bob@example.com", spool, b"X: 1\r\n")])
+    assert isinstance(out[0], str) and isinstance(out[2], str)
+    assert isinstance(out[1], OSError) and "RuntimeError: unexpected" in str(out[1])
+    assert len(os.listdir(store.path("bob@example.com") / "new")) == 2
+    carol = store.path("carol@example.org")
+    assert (os.listdir(carol / "new"), os.listdir(carol / "tmp")) == ([], [])

@@ -158,17 +158,17 @@ async def test_an_existing_spool_file_is_never_overwritten(harness: Harness) -> 
 async def test_syncfs_makes_the_batch_durable_before_the_index_commit(
         harness: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
     events: list[tuple[str, Any]] = []
-    real_syncfs = spool_module.sync_filesystem
+    real_syncfs = durability.sync_filesystem
 
     def fsync(fd: int) -> None:
         events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
 
-    def syncfs(path: Path) -> None:
+    def syncfs(path: Path, fd: int) -> None:
         events.append(("syncfs", sorted(os.listdir(path))))
-        real_syncfs(path)
+        real_syncfs(path, fd)
 
     monkeypatch.setattr(os, "fsync", fsync)
-    monkeypatch.setattr(spool_module, "sync_filesystem", syncfs)
+    monkeypatch.setattr(durability, "sync_filesystem", syncfs)
     store = harness.store
     insert = store.insert
 
@@ -195,10 +195,10 @@ async def test_syncfs_makes_the_batch_durable_before_the_index_commit(
 @pytest.mark.server_sync("syncfs")
 async def test_failed_syncfs_fails_the_whole_batch(harness: Harness,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    def syncfs(path: Path) -> None:
+    def syncfs(path: Path, fd: int) -> None:
         raise OSError(5, "Input/output error")
 
-    monkeypatch.setattr(spool_module, "sync_filesystem", syncfs)
+    monkeypatch.setattr(durability, "sync_filesystem", syncfs)
     results = await asyncio.gather(*(harness.send() for _ in range(3)), return_exceptions=True)
     assert [str(r.reply) for r in results if isinstance(r, ReplyError)] == [
         "451 4.3.0 Requested action aborted: error in queue storage"] * 3
@@ -211,6 +211,7 @@ def test_sync_method_resolution(monkeypatch: pytest.MonkeyPatch) -> None:
     assert durability._kernel_version("6.18.44-fc-v857") == (6, 18)
     assert durability._kernel_version("5.8.0") == (5, 8)
     assert durability._kernel_version("5.7.19-generic") == (5, 7)
+    assert durability._kernel_version("5.7-rc3") == (5, 7)
     assert durability._kernel_version("weird") == (0, 0)
     assert durability.resolve_sync_method("fsync") == "fsync"
     with pytest.raises(ValueError, match="unknown"):
@@ -218,10 +219,10 @@ def test_sync_method_resolution(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(durability, "_syncfs", None)
     monkeypatch.setattr(durability, "_syncfs_checked", True)
     assert durability.resolve_sync_method("auto") == "fsync"
-    with pytest.raises(ValueError, match=r"Linux 5\.8"):
+    with pytest.raises(ValueError, match=r"Linux 5\.17"):
         durability.resolve_sync_method("syncfs")
     with pytest.raises(OSError):
-        durability.sync_filesystem(Path("/"))
+        durability.sync_filesystem(Path("/"), 0)
 
 
 async def test_enqueue_bytes_prepends_received(harness: Harness) -> None:
@@ -400,3 +401,26 @@ async def test_a_failing_store_write_fails_alone(harness: Harness) -> None:
     )
     assert isinstance(results[0], sqlite3.OperationalError)
     assert harness.store.queue_ids() == [results[1]]
+
+
+@pytest.mark.parametrize("fail", ["exists", "rename"])
+def test_a_refused_spilled_message_leaves_nothing_in_tmp(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fail: str) -> None:
+    spool = spool_module.Spool(tmp_path / "spool", sync="fsync")
+    spool.ensure_dirs()
+    writer = spool.open()
+    writer.write(b"x" * (spool_module.MEMORY_LIMIT + 1))
+    assert writer.spilled and os.listdir(spool.tmp_dir) == [writer.queue_id]
+    if fail == "exists":
+        (spool.queue_dir / writer.queue_id).write_bytes(b"someone else's")
+    else:
+        def rename(src: object, dst: object) -> None:
+            raise OSError(28, "No space left on device")
+
+        monkeypatch.setattr(os, "rename", rename)
+    [error] = spool.commit([writer])
+    monkeypatch.undo()
+    assert isinstance(error, OSError)
+    assert os.listdir(spool.tmp_dir) == []
+    expected = [writer.queue_id] if fail == "exists" else []
+    assert os.listdir(spool.queue_dir) == expected

@@ -22,7 +22,7 @@ def test_barrier_shares_one_sync_among_threads_that_wait(
     calls: list[int] = []
     waiting = threading.Semaphore(0)
 
-    def fake_sync(path: Path) -> None:
+    def fake_sync(path: Path, fd: int) -> None:
         calls.append(len(calls) + 1)
         if len(calls) == 1:
             first_running.set()
@@ -62,7 +62,7 @@ def test_barrier_reports_a_failed_sync_to_the_threads_it_covered(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     outcomes = iter([OSError(5, "Input/output error"), None])
 
-    def fake_sync(path: Path) -> None:
+    def fake_sync(path: Path, fd: int) -> None:
         error = next(outcomes)
         if error is not None:
             raise error
@@ -86,9 +86,9 @@ def test_maildir_on_syncfs_syncs_before_and_after_the_move(
     seen: list[tuple[list[str], list[str]]] = []
     real = durability.sync_filesystem
 
-    def recording_sync(path: Path) -> None:
+    def recording_sync(path: Path, fd: int) -> None:
         seen.append((os.listdir(box / "tmp"), os.listdir(box / "new")))
-        real(path)
+        real(path, fd)
 
     monkeypatch.setattr(durability, "sync_filesystem", recording_sync)
     fsyncs: list[int] = []
@@ -108,10 +108,71 @@ def test_maildir_on_syncfs_failure_leaves_nothing(
     spool.write_bytes(b"Subject: x\r\n\r\nbody\r\n")
     box = store.ensure("bob@example.com")
 
-    def failing_sync(path: Path) -> None:
+    def failing_sync(path: Path, fd: int) -> None:
         raise OSError(5, "Input/output error")
 
     monkeypatch.setattr(durability, "sync_filesystem", failing_sync)
     with pytest.raises(OSError):
         store.deliver("bob@example.com", spool, b"")
     assert (os.listdir(box / "tmp"), os.listdir(box / "new")) == ([], [])
+
+
+def test_barrier_fails_callers_that_arrived_during_a_failed_sync(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The kernel reports a write-back error once per descriptor: the pages of a caller that
+    # arrived while the failing syncfs ran may have failed in it, and the next syncfs says
+    # nothing. So that caller must fail too.
+    first_running = threading.Event()
+    release_first = threading.Event()
+    calls = 0
+
+    def fake_sync(path: Path, fd: int) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            first_running.set()
+            assert release_first.wait(10)
+            raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(durability, "sync_filesystem", fake_sync)
+    barrier = SyncBarrier(tmp_path)
+    outcomes: dict[str, str] = {}
+
+    def caller(name: str) -> None:
+        try:
+            barrier.sync()
+            outcomes[name] = "ok"
+        except OSError as exc:
+            outcomes[name] = exc.strerror or ""
+
+    a = threading.Thread(target=caller, args=("A",))
+    a.start()
+    assert first_running.wait(10)
+    b = threading.Thread(target=caller, args=("B",))
+    b.start()
+    for _ in range(10_000):  # until B holds its ticket (at most ~10 s)
+        if barrier._requested == 2:
+            break
+        threading.Event().wait(0.001)
+    release_first.set()
+    for t in (a, b):
+        t.join(10)
+        assert not t.is_alive()
+    assert outcomes == {"A": "Input/output error", "B": "Input/output error"}
+    barrier.sync()  # a caller arriving after the failure is not blamed for it
+    barrier.close()
+
+
+def test_sync_handle_keeps_one_descriptor(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                          ) -> None:
+    seen: list[int] = []
+    monkeypatch.setattr(durability, "sync_filesystem", lambda path, fd: seen.append(fd))
+    handle = durability.SyncHandle(tmp_path / "not" / "yet")  # the nearest existing parent
+    assert handle.path == tmp_path
+    handle.sync()
+    handle.sync()
+    assert len(seen) == 2 and seen[0] == seen[1]
+    handle.close()
+    with pytest.raises(OSError):
+        handle.sync()
+    handle.close()

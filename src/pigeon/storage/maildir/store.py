@@ -31,6 +31,7 @@ writes here.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import itertools
 import os
@@ -117,6 +118,11 @@ def _path_under(root: Path, key: str) -> Path:
     return root / encode_name(domain) / encode_name(local)
 
 
+def _as_os_error(exc: Exception) -> OSError:
+    # One item's unexpected failure is reported for that item alone, as a disk error.
+    return exc if isinstance(exc, OSError) else OSError(errno.EIO, f"{type(exc).__name__}: {exc}")
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -167,6 +173,8 @@ class MaildirStore:
     def __init__(self, root: Path, *, hostname: str, sync: str = "fsync") -> None:
         self.root = root
         self.sync_method = resolve_sync_method(sync)
+        # Opened now, before any delivery, to hear of every write-back error (see
+        # pigeon.storage.durability); on the nearest existing parent until root exists.
         self._barrier = SyncBarrier(root) if self.sync_method == "syncfs" else None
         self._host = hostname.replace("/", "\\057").replace(":", "\\072") or "localhost"
         self._pid = os.getpid()
@@ -261,15 +269,15 @@ class MaildirStore:
             for key, source, prefix in items:
                 try:
                     out.append(self.deliver(key, source, prefix))
-                except OSError as exc:
-                    out.append(exc)
+                except Exception as exc:
+                    out.append(_as_os_error(exc))
             return out
         written: list[tuple[Path, str] | OSError] = []
         for key, source, prefix in items:
             try:
                 written.append(self._write_tmp(key, source, prefix, fsync=False))
-            except OSError as exc:
-                written.append(exc)
+            except Exception as exc:
+                written.append(_as_os_error(exc))
         pending = [w for w in written if not isinstance(w, OSError)]
         if not pending:
             return [w for w in written if isinstance(w, OSError)]
@@ -277,7 +285,8 @@ class MaildirStore:
             self._barrier.sync()
         except OSError as exc:
             for box, name in pending:
-                (box / "tmp" / name).unlink(missing_ok=True)
+                with contextlib.suppress(OSError):
+                    (box / "tmp" / name).unlink(missing_ok=True)
             return [w if isinstance(w, OSError) else exc for w in written]
         results: list[str | OSError] = []
         for w in written:
@@ -288,9 +297,10 @@ class MaildirStore:
             try:
                 self._publish(box, name)
                 results.append(name)
-            except OSError as exc:
-                (box / "tmp" / name).unlink(missing_ok=True)
-                results.append(exc)
+            except Exception as exc:
+                with contextlib.suppress(OSError):
+                    (box / "tmp" / name).unlink(missing_ok=True)
+                results.append(_as_os_error(exc))
         try:
             self._barrier.sync()
         except OSError as exc:
