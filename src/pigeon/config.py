@@ -317,7 +317,7 @@ class ServerSettings(_Section):
         data_dir: where the queue, spool and mailboxes live.
         sync: how new spool and Maildir files are made durable: ``"fsync"`` (each file,
             then its directory), ``"syncfs"`` (one syncfs(2) of the file system for many
-            files at once; Linux 5.8+), or ``"auto"``: syncfs where available, else fsync.
+            files at once; Linux 5.17+), or ``"auto"``: syncfs where available, else fsync.
             See ``pigeon.storage.durability``.
     """
 
@@ -332,7 +332,7 @@ class ServerSettings(_Section):
             from pigeon.storage.durability import syncfs_available
 
             if not syncfs_available():
-                raise ValueError("syncfs needs Linux 5.8 or later; use \"auto\" or \"fsync\"")
+                raise ValueError("syncfs needs Linux 5.17 or later; use \"auto\" or \"fsync\"")
         return value
 
 
@@ -995,7 +995,7 @@ hostname = "mail.example.org"
 # Queue, spool, mailboxes and the self-signed certificate live here.
 data_dir = "/var/lib/pigeon"
 # How new spool and Maildir files reach stable storage: "fsync" (each file and its
-# directory), "syncfs" (one syncfs(2) for many files at once, Linux 5.8+), or "auto"
+# directory), "syncfs" (one syncfs(2) for many files at once, Linux 5.17+), or "auto"
 # (syncfs where available). syncfs also flushes other pending writes on the same file
 # system: give data_dir its own file system if other programs write a lot there.
 sync = "auto"

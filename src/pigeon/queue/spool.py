@@ -30,8 +30,8 @@ may be committed and the clients told ``250``. Two ways to make a batch durable
 ``syncfs``
     write each file into ``queue/``, then ONE ``syncfs(2)`` of the file system that holds
     the spool: the kernel writes every dirty page and the journal once, however many files
-    the batch has. Linux only, and only from Linux 5.8 on, the first version whose syncfs
-    reports write-back errors (before it, a failed write could go unnoticed). It also
+    the batch has. Linux 5.17 or later only (see :mod:`pigeon.storage.durability` for why,
+    and for the descriptor kept open so that no write-back error goes unheard). It also
     flushes whatever else is pending on that file system, so it suits a spool on its own
     file system, or one shared with little else, best.
 

@@ -63,7 +63,7 @@ def accounts(tmp_path: Path) -> AccountStore:
 @pytest.fixture(params=[
     "fsync",
     pytest.param("syncfs", marks=pytest.mark.skipif(not syncfs_available(),
-                                                    reason="syncfs(2) needs Linux 5.8+")),
+                                                    reason="syncfs(2) needs Linux 5.17+")),
 ])
 def mda(tmp_path: Path, accounts: AccountStore, request: pytest.FixtureRequest
         ) -> LocalDelivery:
@@ -321,7 +321,7 @@ def test_encode_name_is_safe_and_reversible(name: str) -> None:
     assert unquote(encoded, errors="surrogatepass") == name
 
 
-@pytest.mark.skipif(not syncfs_available(), reason="syncfs(2) needs Linux 5.8+")
+@pytest.mark.skipif(not syncfs_available(), reason="syncfs(2) needs Linux 5.17+")
 async def test_concurrent_deliveries_share_two_syncfs(
         tmp_path: Path, accounts: AccountStore, monkeypatch: pytest.MonkeyPatch) -> None:
     settings = make_settings(tmp_path, "syncfs")
@@ -387,7 +387,7 @@ async def test_an_error_planning_one_message_defers_that_message_only(
     assert files(tmp_path, "carol@example.org") == []
 
 
-@pytest.mark.skipif(not syncfs_available(), reason="syncfs(2) needs Linux 5.8+")
+@pytest.mark.skipif(not syncfs_available(), reason="syncfs(2) needs Linux 5.17+")
 def test_batch_keeps_the_copies_it_stored_when_one_item_fails(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     store = MaildirStore(tmp_path / "mail", hostname="mx.example.com", sync="syncfs")

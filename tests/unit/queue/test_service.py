@@ -153,7 +153,7 @@ async def test_an_existing_spool_file_is_never_overwritten(harness: Harness) -> 
     assert harness.store.queue_ids() == []
 
 
-@pytest.mark.skipif(not syncfs_available(), reason="syncfs(2) needs Linux 5.8+")
+@pytest.mark.skipif(not syncfs_available(), reason="syncfs(2) needs Linux 5.17+")
 @pytest.mark.server_sync("syncfs")
 async def test_syncfs_makes_the_batch_durable_before_the_index_commit(
         harness: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -191,7 +191,7 @@ async def test_syncfs_makes_the_batch_durable_before_the_index_commit(
     assert all((spool / "queue" / q).read_bytes().endswith(CONTENT) for q in ids)
 
 
-@pytest.mark.skipif(not syncfs_available(), reason="syncfs(2) needs Linux 5.8+")
+@pytest.mark.skipif(not syncfs_available(), reason="syncfs(2) needs Linux 5.17+")
 @pytest.mark.server_sync("syncfs")
 async def test_failed_syncfs_fails_the_whole_batch(harness: Harness,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:

@@ -12,7 +12,7 @@ from pigeon.storage import durability
 from pigeon.storage.durability import SyncBarrier, syncfs_available
 from pigeon.storage.maildir.store import MaildirStore
 
-needs_syncfs = pytest.mark.skipif(not syncfs_available(), reason="syncfs(2) needs Linux 5.8+")
+needs_syncfs = pytest.mark.skipif(not syncfs_available(), reason="syncfs(2) needs Linux 5.17+")
 
 
 def test_barrier_shares_one_sync_among_threads_that_wait(
