@@ -81,11 +81,8 @@ async def test_enqueues_during_a_commit_form_the_next_batch(harness: Harness) ->
     assert len(store.queue_ids()) == 6
 
 
-@pytest.mark.server_sync("fsync")
-async def test_durable_before_enqueue_returns(harness: Harness,
-                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    assert harness.service.spool.sync_method == "fsync"
-    events: list[tuple[str, str]] = []
+def record_fsyncs(monkeypatch: pytest.MonkeyPatch, events: list[tuple[str, str]]) -> None:
+    """Append ("fsync", path) to ``events`` for every os.fsync, then do it."""
     real_fsync = os.fsync
 
     def fsync(fd: int) -> None:
@@ -93,6 +90,14 @@ async def test_durable_before_enqueue_returns(harness: Harness,
         real_fsync(fd)
 
     monkeypatch.setattr(os, "fsync", fsync)
+
+
+@pytest.mark.server_sync("fsync")
+async def test_durable_before_enqueue_returns(harness: Harness,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    assert harness.service.spool.sync_method == "fsync"
+    events: list[tuple[str, str]] = []
+    record_fsyncs(monkeypatch, events)
     insert = harness.store.insert
 
     def recording_insert(messages: Any) -> None:
@@ -127,13 +132,7 @@ async def test_large_message_spills_to_tmp_then_moves(harness: Harness,
         writer.write(body)
     assert writer.spilled and os.listdir(spool / "tmp") == [writer.queue_id]
     events: list[tuple[str, str]] = []
-    real_fsync = os.fsync
-
-    def fsync(fd: int) -> None:
-        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
-        real_fsync(fd)
-
-    monkeypatch.setattr(os, "fsync", fsync)
+    record_fsyncs(monkeypatch, events)
     queue_id = await harness.service.enqueue(envelope(), writer)
     assert events == [("fsync", str(spool / "tmp" / queue_id)), ("fsync", str(spool / "queue"))]
     assert os.listdir(spool / "tmp") == []
