@@ -366,8 +366,10 @@ class QueueService:
     async def write(self, call: Callable[[], T], durable: bool) -> T:
         """Run a write of the queue index in the next group-commit transaction.
 
-        The write shares its transaction (and its fsync) with the enqueues and other writes
-        of the same batch; it runs in the commit thread, inside a ``SAVEPOINT``.
+        The write shares its transaction (and its sync) with the enqueues and other writes
+        of the same batch; it runs in the commit thread, inside a ``SAVEPOINT``. While the
+        committer is not running (before :meth:`start`, after :meth:`stop`), it runs alone
+        in a worker thread, in its own transaction.
 
         Args:
             call: the write, e.g. ``functools.partial(store.record, updates)``.
@@ -378,8 +380,8 @@ class QueueService:
             What ``call`` returned.
 
         Raises:
-            Exception: what ``call`` raised, or the error that failed the transaction.
-            RuntimeError: the service is not running.
+            Exception: what ``call`` raised, or the error that failed the transaction (or,
+                for a durable write, the sync after it).
         """
         if self._committer is None or self._pending_event is None:
             return await asyncio.to_thread(call)

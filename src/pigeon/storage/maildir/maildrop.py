@@ -44,6 +44,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import BinaryIO
 
+from pigeon.storage.durability import fsync_directory
+
 __all__ = [
     "LOCK_NAME",
     "CrlfNormalizer",
@@ -199,14 +201,6 @@ class _SizeCache:
 
 
 _sizes = _SizeCache(_SIZE_CACHE_ENTRIES)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _order_key(base: str, mtime_ns: int) -> tuple[int, int, str]:
@@ -394,7 +388,7 @@ class Maildrop:
         if indices:
             for sub in ("new", "cur"):
                 try:
-                    _fsync_dir(self.path / sub)
+                    fsync_directory(self.path / sub)
                 except OSError as exc:
                     log.error("cannot fsync %s/%s: %s", self.path, sub, exc)
         return failures

@@ -40,7 +40,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from pigeon.storage.durability import SyncBarrier, resolve_sync_method
+from pigeon.storage.durability import SyncBarrier, fsync_directory, resolve_sync_method
 
 __all__ = ["COPY_BLOCK", "MaildirStore", "encode_name", "maildir_path"]
 
@@ -123,14 +123,6 @@ def _as_os_error(exc: Exception) -> OSError:
     return exc if isinstance(exc, OSError) else OSError(errno.EIO, f"{type(exc).__name__}: {exc}")
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _dir_size(path: Path) -> int:
     total = 0
     try:
@@ -201,8 +193,8 @@ class MaildirStore:
             parent.mkdir(mode=0o700, exist_ok=True)
         for sub in ("tmp", "new", "cur"):
             (path / sub).mkdir(mode=0o700, exist_ok=True)
-        _fsync_dir(path)
-        _fsync_dir(path.parent)
+        fsync_directory(path)
+        fsync_directory(path.parent)
         return path
 
     def unique_name(self, size: int) -> str:
@@ -239,7 +231,7 @@ class MaildirStore:
                 self._barrier.sync()  # the content, before its name appears in new/
             self._publish(box, name)
             if self._barrier is None:
-                _fsync_dir(box / "new")
+                fsync_directory(box / "new")
             else:
                 self._barrier.sync()  # the name in new/
         except BaseException:
