@@ -11,7 +11,9 @@ with the ``pigeon queue`` tools while the server runs:
   transaction only records attempts or removes finished rows: in WAL mode a ``NORMAL``
   commit survives a crash of the process, and only an OS crash or power loss may undo it,
   which can cause a repeated attempt, never a lost message. The next ``FULL`` commit makes
-  every earlier frame of the log durable too;
+  every earlier frame of the log durable too. The queue also commits new messages at
+  ``NORMAL`` when one syncfs(2) of the same file system follows before anyone is answered
+  (``pigeon.queue.service``): that syncfs writes the log as a ``FULL`` commit would;
 - one connection for writes and one for reads, so that reads (the scheduler's, the tools')
   never wait for a write transaction's fsync;
 - :meth:`SqliteQueueStore.batch` groups many writes into one transaction (group commit); the
