@@ -42,7 +42,7 @@ from pigeon.storage.ports import CorruptEntryError, DsnAction, RecipientUpdate
 
 __all__ = ["SCHEMA_VERSION", "SqliteQueueStore"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS message (
@@ -57,7 +57,8 @@ CREATE TABLE IF NOT EXISTS message (
     client_address TEXT NOT NULL DEFAULT '',
     client_name TEXT NOT NULL DEFAULT '',
     authenticated_user TEXT,
-    is_dsn INTEGER NOT NULL DEFAULT 0
+    is_dsn INTEGER NOT NULL DEFAULT 0,
+    checksum INTEGER
 );
 CREATE TABLE IF NOT EXISTS recipient (
     id INTEGER PRIMARY KEY,
@@ -133,6 +134,8 @@ class SqliteQueueStore:
                 for statement in _SCHEMA.split(";"):
                     if statement.strip():
                         db.execute(statement)
+                if version == 1:  # version 2 added message.checksum
+                    db.execute("ALTER TABLE message ADD COLUMN checksum INTEGER")
                 db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     # -- transactions -------------------------------------------------------------------
@@ -225,11 +228,11 @@ class SqliteQueueStore:
             for m in messages:
                 db.execute(
                     "INSERT INTO message (queue_id, reverse_path, size, arrival, body, smtputf8,"
-                    " ret, envid, client_address, client_name, authenticated_user, is_dsn)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    " ret, envid, client_address, client_name, authenticated_user, is_dsn,"
+                    " checksum) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (m.queue_id, m.reverse_path, m.size, m.arrival, m.body, int(m.smtputf8),
                      m.ret, m.envid, m.client_address, m.client_name, m.authenticated_user,
-                     int(m.is_dsn)),
+                     int(m.is_dsn), m.checksum),
                 )
                 for r in m.recipients:
                     result = r.last_result
@@ -435,6 +438,7 @@ class SqliteQueueStore:
                 client_name=_text(row["client_name"]),
                 authenticated_user=_opt_text(row["authenticated_user"]),
                 is_dsn=bool(_int(row["is_dsn"])),
+                checksum=None if row["checksum"] is None else _int(row["checksum"]),
                 recipients=[_recipient(r) for r in rows],
             )
         except (TypeError, ValueError) as exc:
