@@ -151,6 +151,14 @@ def _sync_executor() -> ThreadPoolExecutor:
         return _sync_pool
 
 
+def _write_from_start(fd: int, data: bytearray) -> None:
+    """Write all of ``data`` into the file ``fd`` from offset 0."""
+    view = memoryview(data)
+    offset = 0
+    while offset < len(view):
+        offset += os.pwrite(fd, view[offset:], offset)
+
+
 def _finish(writer: SpoolWriter, final: Path, fsync: bool, spool: Spool | None = None
             ) -> BaseException | None:
     try:
@@ -263,9 +271,7 @@ class SpoolWriter:
         if buffer is not None:
             fd = os.open(final, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
             try:
-                view = memoryview(buffer)
-                while view:
-                    view = view[os.write(fd, view):]
+                _write_from_start(fd, buffer)
                 if fsync:
                     os.fsync(fd)
             except BaseException:
@@ -482,10 +488,7 @@ class Spool:
             buffer = writer._buffer
             assert buffer is not None
             try:
-                view = memoryview(buffer)
-                offset = 0
-                while offset < len(view):
-                    offset += os.pwrite(fd, view[offset:], offset)
+                _write_from_start(fd, buffer)
                 if old_size > len(buffer):
                     os.ftruncate(fd, len(buffer))
                 if fsync:

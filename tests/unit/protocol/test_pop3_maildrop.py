@@ -9,11 +9,13 @@ from pathlib import Path
 
 import pytest
 
+from pigeon.storage.maildir import maildrop as maildrop_module
 from pigeon.storage.maildir.maildrop import (
     LOCK_NAME,
     Maildrop,
     MaildropError,
     MaildropLocked,
+    clean_tmp,
     unique_id,
 )
 from pigeon.storage.maildir.store import MaildirStore
@@ -167,3 +169,32 @@ def test_expunge_removes_only_the_given_messages(store: MaildirStore, tmp_path: 
         assert drop.expunge([1, 3]) == 0
     with Maildrop.open(box) as drop:
         assert [m.uid for m in drop.messages] == keep
+
+
+def test_tmp_leftovers_older_than_36_hours_are_removed(tmp_path: Path) -> None:
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    (tmp / "old").write_bytes(b"crashed delivery")
+    (tmp / "sub").mkdir()
+    now = os.stat(tmp / "old").st_ctime
+    # Nothing is 36 hours old yet (a delivery may still be writing).
+    assert clean_tmp(tmp, now=now + 36 * 3600 - 1) == 0
+    assert sorted(os.listdir(tmp)) == ["old", "sub"]
+    assert clean_tmp(tmp, now=now + 36 * 3600 + 1) == 1
+    assert os.listdir(tmp) == ["sub"]  # directories are never removed
+    assert clean_tmp(tmp_path / "missing", now=now) == 0
+
+
+def test_opening_the_maildrop_cleans_tmp(store: MaildirStore, tmp_path: Path,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    path = store.path(KEY)
+    deliver(store, tmp_path, b"Subject: kept\r\n\r\nbody\r\n")
+    (path / "tmp" / "leftover").write_bytes(b"being delivered")
+    with Maildrop.open(path) as drop:
+        assert len(drop.messages) == 1
+    assert os.listdir(path / "tmp") == ["leftover"]
+    later = os.stat(path / "tmp" / "leftover").st_ctime + 37 * 3600
+    monkeypatch.setattr(maildrop_module.time, "time", lambda: later)
+    with Maildrop.open(path) as drop:
+        assert len(drop.messages) == 1
+    assert os.listdir(path / "tmp") == []

@@ -21,6 +21,10 @@ Theory of operation (RFC 1939 §5-§8 over the Maildir layout of
   tools put there (bare LF) are counted and sent converted. Sizes come from the Dovecot
   ``,W=<n>`` name field when present, else from one scan per file, cached per process
   by name, size and mtime.
+* At open, files in ``tmp/`` untouched for :data:`TMP_MAX_AGE` seconds (36 hours) are
+  removed: what a delivery that crashed left behind. The Maildir specification gives this
+  duty to readers; a file is removed only when its access, modification and change times
+  are all that old, so a delivery in progress is never touched (:func:`clean_tmp`).
 * :meth:`Maildrop.mark_seen` moves a retrieved message from ``new/`` to ``cur/`` with the
   ``S`` (seen) flag (``:2,S``); :meth:`Maildrop.expunge` removes the messages marked
   deleted (RFC 1939 §6, UPDATE state only) and fsyncs the directories.
@@ -37,7 +41,9 @@ import hashlib
 import logging
 import os
 import re
+import stat
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -48,11 +54,13 @@ from pigeon.storage.durability import fsync_directory
 
 __all__ = [
     "LOCK_NAME",
+    "TMP_MAX_AGE",
     "CrlfNormalizer",
     "Maildrop",
     "MaildropError",
     "MaildropLocked",
     "MaildropMessage",
+    "clean_tmp",
     "unique_id",
     "wire_size",
 ]
@@ -61,6 +69,9 @@ log = logging.getLogger("pigeon.pop3.maildrop")
 
 #: The lock file, in the Maildir itself (hidden: Maildir readers skip dot files).
 LOCK_NAME = ".pigeon-pop3.lock"
+
+#: Seconds after which an untouched file in ``tmp/`` is a leftover (the Maildir spec: 36 h).
+TMP_MAX_AGE = 36 * 3600
 
 # Read block (bytes) for scans and RETR: few syscalls, bounded memory for any message size.
 READ_BLOCK = 64 * 1024
@@ -271,6 +282,7 @@ class Maildrop:
         except OSError as exc:
             os.close(fd)
             raise MaildropError(f"cannot list the maildrop {path}: {exc.strerror}") from exc
+        clean_tmp(path / "tmp")
         return cls(path, fd, messages)
 
     def __enter__(self) -> Maildrop:
@@ -392,6 +404,46 @@ class Maildrop:
                 except OSError as exc:
                     log.error("cannot fsync %s/%s: %s", self.path, sub, exc)
         return failures
+
+
+def clean_tmp(tmp: Path, now: float | None = None, max_age: float = TMP_MAX_AGE) -> int:
+    """Remove leftover files from a Maildir's ``tmp/`` (the Maildir specification).
+
+    A file goes when its access, modification and status-change times are all more than
+    ``max_age`` seconds before ``now``; anything else (a delivery being written, a
+    directory, an entry that cannot be read) is left alone. Errors are logged, never raised.
+
+    Args:
+        tmp: the ``tmp/`` directory.
+        now: Unix time in seconds (default: the current time).
+        max_age: seconds; default :data:`TMP_MAX_AGE` (36 hours).
+
+    Returns:
+        The number of files removed.
+    """
+    limit = (time.time() if now is None else now) - max_age
+    removed = 0
+    try:
+        entries = list(os.scandir(tmp))
+    except OSError as exc:
+        log.warning("cannot list %s: %s", tmp, exc.strerror)
+        return 0
+    for entry in entries:
+        try:
+            info = entry.stat(follow_symlinks=False)
+            if (stat.S_ISDIR(info.st_mode)
+                    or max(info.st_atime, info.st_mtime, info.st_ctime) >= limit):
+                continue
+            os.unlink(entry.path)
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            log.warning("cannot remove the leftover %s: %s", entry.path, exc.strerror)
+            continue
+        removed += 1
+        log.info("removed %s: left in tmp/ for more than %d hours", entry.path,
+                 max_age // 3600)
+    return removed
 
 
 def _scan(path: Path) -> list[MaildropMessage]:
