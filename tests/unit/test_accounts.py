@@ -230,8 +230,22 @@ def test_cli_add_list_del(config: Path, tmp_path: Path) -> None:
 def test_cli_refuses_non_local_domain(config: Path) -> None:
     assert run(config, "add", "bob@remote.example") == (
         2, "", "error: remote.example is not a local domain "
-               "(domains.local: example.com, example.org)\n"
+               "(local: example.com, example.org; add it with: pigeon domain add "
+               "remote.example)\n"
     )
+
+
+def test_cli_accepts_a_domain_added_with_pigeon_domain_add(config: Path) -> None:
+    from pigeon.cli.domain import domain_group
+
+    added = CliRunner().invoke(domain_group, ["add", "example.net", "-c", str(config)])
+    assert (added.exit_code, added.stdout) == (0, "domain added: example.net\n")
+    assert run(config, "add", "dan@example.net") == (
+        0, "mailbox added: dan@example.net (quota -)\n", "")
+    assert run(config, "add", "@example.net") == (0, "mailbox added: @example.net (quota -)\n", "")
+    box = config.parent / "data" / "mail" / "example.net" / "dan"
+    assert run(config, "del", "dan@example.net") == (
+        0, f"mailbox removed: dan@example.net; its mail is kept in {box}\n", "")
 
 
 @pytest.mark.parametrize(

@@ -3,7 +3,9 @@
 Mailboxes live in ``<data_dir>/accounts.db``. Those defined in the config file
 (``[[mailbox]]``) are merged in by every command and at server start; they are changed in the
 file, not here. ``pigeon mailbox add @example.com`` makes a catch-all: every local part of
-that domain is a mailbox of its own. The commands work while the server runs.
+that domain is a mailbox of its own. A mailbox is added only in a local domain: the
+config's ``domains.local`` or one added with ``pigeon domain add``. The commands work while
+the server runs.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from pathlib import Path
 import click
 
 from pigeon.cli import config_option, load_or_exit
+from pigeon.cli.user import local_domains
 from pigeon.config import Settings, parse_size
 from pigeon.storage.accounts_port import canonical_mailbox_key
 from pigeon.storage.maildir.store import MaildirStore, maildir_path
@@ -52,17 +55,23 @@ def _key_or_exit(settings: Settings, address: str) -> str:
     except ValueError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(_USAGE_EXIT)
-    domain = key.rpartition("@")[2]
     if "@" not in key:
         click.echo(f"error: {address!r} is not a mailbox address (local-part@domain)", err=True)
         sys.exit(_USAGE_EXIT)
-    if domain not in settings.domains.local:
-        local_domains = ", ".join(settings.domains.local) or "(none)"
+    return key
+
+
+def _local_or_exit(settings: Settings, store: AccountStore, key: str) -> None:
+    # Local domains: the config's domains.local and those of `pigeon domain add`.
+    domain = key.rpartition("@")[2]
+    domains = local_domains(settings, store)
+    if domain not in domains:
         click.echo(
-            f"error: {domain} is not a local domain (domains.local: {local_domains})", err=True
+            f"error: {domain} is not a local domain (local: {', '.join(domains) or 'none'}; "
+            f"add it with: pigeon domain add {domain})",
+            err=True,
         )
         sys.exit(_USAGE_EXIT)
-    return key
 
 
 @click.group("mailbox")
@@ -91,6 +100,7 @@ def add(address: str, quota: str | None, config_path: Path | None) -> None:
             sys.exit(_USAGE_EXIT)
     store = _open(settings)
     try:
+        _local_or_exit(settings, store, key)
         existing = store.get_mailbox(key)
         if existing is not None and existing.from_config:
             click.echo(f"error: {key} is defined in the config file; change it there", err=True)
