@@ -105,7 +105,7 @@ class RecoveryReport:
         orphans_moved: spool files without an index row moved to ``spool/corrupt``.
         corrupt_entries: index entries that could not be read, moved aside.
         missing_spool: index entries whose spool file was missing, of the wrong size, or
-            (for a reused file) of the wrong content, moved aside.
+            (for a reused file) unreadable or of the wrong content, moved aside.
         finished: entries whose recipients were all final, with no DSN pending, and whose
             spool file was already removed (a crash while the message left the queue);
             their rows are deleted.
@@ -212,9 +212,11 @@ class QueueService:
         Raises:
             QueueBusyError: another process runs this data directory's queue.
         """
-        self.spool.ensure_dirs()
+        # The lock first: ensure_dirs() edits spool/free/, which belongs to the lock holder.
+        self.data_dir.mkdir(parents=True, exist_ok=True)
         self._lock_fd = self._take_lock()
         try:
+            self.spool.ensure_dirs()
             if self._store is None:
                 self._store = await asyncio.to_thread(self._open_default_store)
                 self._index_on_spool_fs = (
@@ -665,11 +667,16 @@ class QueueService:
                     queue_id, f"spool file has {size} bytes, the index says {message.size}"))
                 report.missing_spool += 1
                 continue
-            if message.checksum is not None and _crc32(path) != message.checksum:
-                report.moved.extend(self._quarantine_entry(
-                    queue_id, "spool file content does not match the index (CRC-32)"))
-                report.missing_spool += 1
-                continue
+            if message.checksum is not None:
+                try:
+                    matches = _crc32(path) == message.checksum
+                    reason = "spool file content does not match the index (CRC-32)"
+                except OSError as exc:
+                    matches, reason = False, f"spool file unreadable: {exc.strerror}"
+                if not matches:
+                    report.moved.extend(self._quarantine_entry(queue_id, reason))
+                    report.missing_spool += 1
+                    continue
             active = [r for r in message.recipients if r.state not in FINAL_STATES]
             if active:
                 report.messages += 1

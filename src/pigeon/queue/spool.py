@@ -48,10 +48,17 @@ and a file system mounted with ``discard`` trims freed blocks at once). So a del
 message's file is renamed into ``free/`` instead of being removed, and the next small
 message is written over it (from offset 0, then cut to its length) and renamed into
 ``queue/<queue id>`` with ``RENAME_NOREPLACE``, which never replaces an existing name.
-Such a file is the only kind whose old content could survive a power loss in place of the
-new one: with ``syncfs`` its data, its new name and the index row become durable together,
-in no set order. The index therefore keeps a CRC-32 of a reused file's content
-(``QueuedMessage.checksum``) and recovery sets the entry aside when the file does not match.
+Two rules keep a power loss from mixing two messages up:
+
+- a file becomes reusable only after a sync that began after it left ``queue/``
+  (:meth:`Spool.sync`; the files found in ``free/`` at start wait for the first one), so
+  the old message's name can never come back naming an inode that holds a new message;
+- with ``syncfs`` the new content, the new name and the index row become durable together,
+  in no set order, so the old content could survive under the new name: the index keeps a
+  CRC-32 of a reused file's content (``QueuedMessage.checksum``) and recovery sets the
+  entry aside when the file does not match.
+
+An error while reusing a file drops that file and the message gets a new file instead.
 """
 
 from __future__ import annotations
@@ -322,15 +329,26 @@ class Spool:
         self.corrupt_dir = root / "corrupt"
         self._reuse = reuse and _renameat2 is not None
         self._free: list[tuple[str, int]] = []  # (name in free/, size in bytes)
+        # Left queue/ (or found at start), not reusable before the next sync completes.
+        self._discarded: list[tuple[str, int]] = []
         self._free_lock = threading.Lock()
 
     @property
     def free_files(self) -> int:
-        """Files in ``free/`` waiting to be reused (0 when this spool does not reuse)."""
+        """Files in ``free/`` that may be reused now (0 when this spool does not reuse)."""
         return len(self._free)
 
+    @property
+    def discarded_files(self) -> int:
+        """Files in ``free/`` waiting for the next :meth:`sync` before they may be reused."""
+        return len(self._discarded)
+
     def ensure_dirs(self) -> None:
-        """Create the spool directories (mode 0700) when missing; list ``free/``."""
+        """Create the spool directories (mode 0700) when missing.
+
+        A spool that reuses files also lists ``free/`` and removes from it what must not be
+        reused; only the process that holds the queue lock may call it then.
+        """
         for path in (self.root, self.tmp_dir, self.queue_dir, self.free_dir,
                      self.corrupt_dir):
             path.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -359,7 +377,8 @@ class Spool:
             except OSError as exc:
                 log.warning("spool free/%s: %s", entry.name, exc)
         with self._free_lock:
-            self._free = free
+            self._free = []
+            self._discarded = free  # reusable after the first sync (see the module docstring)
 
     def close(self) -> None:
         """Release the descriptor kept for syncfs. Safe to call twice."""
@@ -453,6 +472,8 @@ class Spool:
         Raises:
             OSError: the sync failed; nothing placed since the last sync is known durable.
         """
+        with self._free_lock:
+            discarded, self._discarded = self._discarded, []
         try:
             if self.sync_method == "syncfs":
                 if self._sync_handle is None:
@@ -462,58 +483,79 @@ class Spool:
                 fsync_directory(self.queue_dir)
         except OSError as exc:
             log.error("%s of %s failed: %s", self.sync_method, self.queue_dir, exc)
+            with self._free_lock:
+                self._discarded[:0] = discarded
             raise
+        if discarded:
+            # Their names are durably gone from queue/: the inodes may take new content.
+            with self._free_lock:
+                self._free.extend(discarded)
 
     def _reuse_into(self, writer: SpoolWriter, final: Path, fsync: bool) -> bool:
         """Write ``writer``'s in-memory content over a file from ``free/``, name it ``final``.
 
+        A file that fails on the way (it cannot be opened, written or renamed) is dropped
+        from ``free/`` and False is returned, so the caller creates a new file instead.
+
         Returns:
-            False when no file could be reused (none left, or reuse is not possible here):
-            the caller then creates a new file.
+            False when no file was reused (none left, reuse not possible here, or an error
+            with the reused file): the caller then creates a new file.
 
         Raises:
-            FileExistsError: ``final`` exists (the reused file stays in ``free/``).
-            OSError: writing failed (the reused file is removed).
+            FileExistsError: ``final`` exists (the reused file stays available).
         """
-        while True:
-            with self._free_lock:
-                if not self._free:
-                    return False
-                name, old_size = self._free.pop()
-            source = self.free_dir / name
-            try:
-                fd = os.open(source, os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
-            except FileNotFoundError:
-                continue
-            buffer = writer._buffer
-            assert buffer is not None
-            try:
-                _write_from_start(fd, buffer)
-                if old_size > len(buffer):
-                    os.ftruncate(fd, len(buffer))
-                if fsync:
-                    os.fsync(fd)
-            except BaseException:
-                os.close(fd)
-                source.unlink(missing_ok=True)
-                raise
+        with self._free_lock:
+            if not self._free:
+                return False
+            name, old_size = self._free.pop()
+        source = self.free_dir / name
+        buffer = writer._buffer
+        assert buffer is not None
+        try:
+            fd = os.open(source, os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        except OSError as exc:
+            if exc.errno != errno.ENOENT:
+                log.warning("spool free/%s: %s; not reused", name, exc)
+                self._drop_free(source)
+            return False
+        try:
+            _write_from_start(fd, buffer)
+            if old_size > len(buffer):
+                os.ftruncate(fd, len(buffer))
+            if fsync:
+                os.fsync(fd)
+        except OSError as exc:
+            log.warning("spool free/%s: %s; not reused", name, exc)
+            self._drop_free(source)
+            return False
+        finally:
             os.close(fd)
-            try:
-                rename_noreplace(source, final)
-            except OSError as exc:
-                if exc.errno in (errno.EINVAL, errno.ENOSYS):
-                    log.info("spool: this file system cannot rename without replacing; "
-                             "spool files are no longer reused")
-                    self._reuse = False
-                    source.unlink(missing_ok=True)
-                    return False
-                with self._free_lock:
-                    self._free.append((name, len(buffer)))
-                raise
-            writer.checksum = zlib.crc32(buffer)
-            writer._buffer = None
-            writer._closed = True
-            return True
+        try:
+            rename_noreplace(source, final)
+        except FileExistsError:
+            with self._free_lock:
+                self._free.append((name, len(buffer)))
+            raise
+        except OSError as exc:
+            if exc.errno in (errno.EINVAL, errno.ENOSYS):
+                log.info("spool: this file system cannot rename without replacing; "
+                         "spool files are no longer reused")
+                self._reuse = False
+            else:
+                log.warning("spool free/%s: %s; not reused", name, exc)
+            self._drop_free(source)
+            return False
+        writer.checksum = zlib.crc32(buffer)
+        writer._buffer = None
+        writer._closed = True
+        return True
+
+    @staticmethod
+    def _drop_free(path: Path) -> None:
+        try:
+            path.unlink(missing_ok=True)
+        except OSError as exc:
+            log.warning("cannot remove %s: %s", path, exc)
 
     def discard(self, queue_id: str) -> bool:
         """Take a committed spool file out of ``queue/`` (a delivered, deleted or never
@@ -527,7 +569,7 @@ class Spool:
             True when a file was taken out of ``queue/``.
         """
         path = self.path_for(queue_id)
-        if self._reuse and len(self._free) < FREE_LIMIT:
+        if self._reuse and len(self._free) + len(self._discarded) < FREE_LIMIT:
             try:
                 info = os.lstat(path)
             except FileNotFoundError:
@@ -542,7 +584,7 @@ class Spool:
                     pass  # removed below
                 else:
                     with self._free_lock:
-                        self._free.append((queue_id, info.st_size))
+                        self._discarded.append((queue_id, info.st_size))
                     return True
         try:
             path.unlink()

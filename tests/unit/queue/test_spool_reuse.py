@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from pigeon.queue import service as service_module
 from pigeon.queue import spool as spool_module
-from pigeon.queue.service import QueueService
+from pigeon.queue.service import QueueBusyError, QueueService
 from pigeon.queue.spool import MEMORY_LIMIT, Spool, rename_noreplace
 
 from .conftest import CONTENT, Clock, Harness, ScriptedAgent, TableRouter, envelope, make_settings
@@ -35,7 +36,9 @@ def test_a_discarded_file_is_reused_with_exactly_the_new_content(tmp_path: Path)
     assert spool.discard(first) is True
     assert os.listdir(spool.queue_dir) == []
     assert os.listdir(spool.free_dir) == [first]
-    assert spool.free_files == 1
+    assert (spool.free_files, spool.discarded_files) == (0, 1)
+    spool.sync()  # the name is durably gone from queue/: now the inode may be reused
+    assert (spool.free_files, spool.discarded_files) == (1, 0)
 
     writer = spool.open()
     writer.write(b"shorter content")
@@ -48,6 +51,7 @@ def test_a_discarded_file_is_reused_with_exactly_the_new_content(tmp_path: Path)
     assert os.listdir(spool.free_dir) == []
 
     assert spool.discard(writer.queue_id) is True
+    spool.sync()
     longer = commit(spool, b"B" * 9000)
     assert (spool.queue_dir / longer).read_bytes() == b"B" * 9000
     assert os.stat(spool.queue_dir / longer).st_ino == inode
@@ -84,6 +88,7 @@ def test_reuse_never_replaces_an_existing_queue_file(tmp_path: Path) -> None:
     spool = Spool(tmp_path / "spool", reuse=True)
     spool.ensure_dirs()
     spool.discard(commit(spool, CONTENT))
+    spool.sync()
     writer = spool.open()
     writer.write(b"new message")
     (spool.queue_dir / writer.queue_id).write_bytes(b"someone else's")
@@ -114,7 +119,10 @@ def test_loading_free_keeps_only_plain_single_name_small_files(tmp_path: Path) -
     (spool.free_dir / "link").symlink_to(spool.queue_dir / queued)
     again = Spool(tmp_path / "spool", reuse=True)
     again.ensure_dirs()
-    assert again.free_files == 1
+    # Found at start: reusable only after the first sync.
+    assert (again.free_files, again.discarded_files) == (0, 1)
+    again.sync()
+    assert (again.free_files, again.discarded_files) == (1, 0)
     assert sorted(os.listdir(spool.free_dir)) == ["dir", "good"]
     assert (spool.queue_dir / queued).read_bytes() == CONTENT
 
@@ -123,15 +131,53 @@ async def test_delivered_messages_leave_their_files_for_the_next(harness: Harnes
     first = await harness.send()
     assert await harness.service.run_due_once() == 1
     free = harness.data_dir / "spool" / "free"
-    assert os.listdir(free) == [first]
+    inode = os.stat(free / first).st_ino
+    # The next batch cannot reuse it yet: its removal from queue/ was not synced. That
+    # batch's sync makes it reusable for the batch after.
     second = await harness.send(content=b"Subject: two\r\n\r\nsecond\r\n")
+    assert os.listdir(free) == [first]
+    third = await harness.send(content=b"Subject: three\r\n\r\nthird\r\n")
     assert os.listdir(free) == []
-    [row] = harness.rows()
-    assert row.queue_id == second
-    content = (harness.data_dir / "spool" / "queue" / second).read_bytes()
-    assert content.endswith(b"Subject: two\r\n\r\nsecond\r\n")
-    assert row.checksum == zlib.crc32(content)
-    assert row.size == len(content)
+    queue = harness.data_dir / "spool" / "queue"
+    assert os.stat(queue / third).st_ino == inode
+    rows = {row.queue_id: row for row in harness.rows()}
+    assert rows[second].checksum is None  # a new file
+    content = (queue / third).read_bytes()
+    assert content.endswith(b"Subject: three\r\n\r\nthird\r\n")
+    assert rows[third].checksum == zlib.crc32(content)
+    assert rows[third].size == len(content)
+
+
+async def test_a_file_that_cannot_be_reused_gives_way_to_a_new_one(
+        harness: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    spool = harness.service.spool
+    for _ in range(2):
+        await harness.send()
+    assert await harness.service.run_due_once() == 2
+    spool.sync()
+    assert spool.free_files == 2
+
+    def refused(source: Path, target: Path) -> None:
+        raise PermissionError(1, "Operation not permitted", str(source))
+
+    monkeypatch.setattr(spool_module, "rename_noreplace", refused)
+    queue_ids = [await harness.send() for _ in range(3)]
+    # Every message is queued, each in a new file; the files that failed are gone.
+    assert sorted(q.queue_id for q in harness.rows()) == sorted(queue_ids)
+    assert all(q.checksum is None for q in harness.rows())
+    assert os.listdir(harness.data_dir / "spool" / "free") == []
+    assert spool.free_files == 0
+
+
+async def test_a_second_start_leaves_the_running_queues_free_dir_alone(
+        harness: Harness, clock: Clock) -> None:
+    free = harness.data_dir / "spool" / "free"
+    (free / "big").write_bytes(b"x" * (MEMORY_LIMIT + 1))  # what a start would remove
+    other = QueueService(make_settings(harness.data_dir), router=TableRouter(),
+                         agents={"local": ScriptedAgent()}, clock=clock)  # type: ignore[arg-type]
+    with pytest.raises(QueueBusyError):
+        await other.start(scheduler=False)
+    assert os.listdir(free) == ["big"]
 
 
 async def test_recovery_sets_aside_a_reused_file_whose_content_changed(
@@ -165,5 +211,36 @@ async def test_recovery_sets_aside_a_reused_file_whose_content_changed(
         assert (corrupt / stale).read_bytes() == bytes(data)
         record = json.loads((corrupt / f"{stale}.json").read_text())
         assert record["reason"] == "spool file content does not match the index (CRC-32)"
+    finally:
+        await service.stop()
+
+
+async def test_recovery_sets_aside_a_reused_file_it_cannot_read(
+        tmp_path: Path, clock: Clock, monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = make_settings(tmp_path)
+    agent = ScriptedAgent()
+    service = QueueService(settings, router=TableRouter(), agents={"local": agent},  # type: ignore[arg-type]
+                           clock=clock)
+    await service.start(scheduler=False)
+    await service.enqueue_bytes(envelope(), CONTENT)
+    assert await service.run_due_once() == 1
+    await service.enqueue_bytes(envelope(), CONTENT)  # its sync frees the first file
+    reused = await service.enqueue_bytes(envelope(), CONTENT)
+    assert service.store.get(reused).checksum is not None
+    await service.stop()
+
+    def unreadable(path: Path) -> int:
+        raise OSError(5, "Input/output error", str(path))
+
+    monkeypatch.setattr(service_module, "_crc32", unreadable)
+    service = QueueService(settings, router=TableRouter(), agents={"local": agent},  # type: ignore[arg-type]
+                           clock=clock)
+    await service.start(scheduler=False)  # one bad file does not stop the queue
+    try:
+        report = service.recovery
+        assert report is not None
+        assert (report.messages, report.missing_spool) == (1, 1)
+        record = json.loads((tmp_path / "spool" / "corrupt" / f"{reused}.json").read_text())
+        assert record["reason"] == "spool file unreadable: Input/output error"
     finally:
         await service.stop()

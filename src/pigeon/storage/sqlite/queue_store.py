@@ -22,8 +22,11 @@ with the ``pigeon queue`` tools while the server runs:
   failing; write transactions start with ``BEGIN IMMEDIATE`` so they take the write lock
   up front and never fail half-way with ``SQLITE_BUSY``.
 
-Schema (version 1): ``message`` (one row per queued message: the envelope) and
-``recipient`` (one row per forward-path; ``dsn_action`` holds an event waiting for its DSN).
+Schema (version 2): ``message`` (one row per queued message: the envelope, and
+``checksum``, the CRC-32 of a spool file that reused an earlier message's file; added in
+version 2) and ``recipient`` (one row per forward-path; ``dsn_action`` holds an event waiting
+for its DSN). A version-1 index gains the column when opened; an older Pigeon then refuses
+it.
 """
 
 from __future__ import annotations
