@@ -49,6 +49,8 @@ from __future__ import annotations
 import asyncio
 import importlib
 import logging
+import math
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
@@ -74,6 +76,8 @@ log = logging.getLogger("pigeon.queue.scheduler")
 # Seconds between two reads of the index when nothing woke the scheduler: the delay after
 # which a `pigeon queue flush/retry/release/bounce` run in another process takes effect.
 POLL_INTERVAL = 2.0
+# The clock of the loop's own pacing (seconds; a name of its own so tests can set it).
+_monotonic = time.monotonic
 # Freshly queued messages start at once while fewer than concurrency × OFFER_FACTOR messages
 # are in flight (the excess waits for the delivery slots in memory, not in the index).
 OFFER_FACTOR = 4
@@ -315,9 +319,16 @@ class Scheduler:
             self._running = False
 
     async def _loop(self) -> None:
+        # Pending events and finished messages come from a crash or from the queue tools,
+        # not from this loop's own attempts (they finish their messages themselves), so the
+        # index is searched for them once per POLL_INTERVAL, not on every wake-up: under
+        # load the loop wakes for every commit batch and every finished attempt.
+        events_at = -math.inf
         while True:
             try:
-                await self._process_events()
+                if _monotonic() - events_at >= POLL_INTERVAL:
+                    events_at = _monotonic()
+                    await self._process_events()
                 blocked = await self._dispatch()
                 self._backlog = blocked
                 if blocked:
@@ -332,6 +343,7 @@ class Scheduler:
             except Exception:
                 log.exception("queue scheduler pass failed")
                 timeout = POLL_INTERVAL
+            timeout = min(timeout, max(0.0, events_at + POLL_INTERVAL - _monotonic()))
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout)
             except TimeoutError:

@@ -417,3 +417,43 @@ async def test_offer_is_refused_past_the_in_flight_cap(harness: Harness) -> None
     assert scheduler.offer(message) is False  # the background loop is not running
     assert harness.local.calls == []
     assert await run_at(harness, T0) == 1
+
+
+async def test_the_loop_searches_for_pending_events_once_per_poll_interval(
+        tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pigeon.queue import scheduler as scheduler_module
+
+    now = [1000.0]
+    monkeypatch.setattr(scheduler_module, "_monotonic", lambda: now[0])
+    service = QueueService(make_settings(tmp_path), router=TableRouter(),  # type: ignore[arg-type]
+                           agents={"local": ScriptedAgent()})
+    await service.start(scheduler=False)
+    store = service.store
+    searches, passes = [0], asyncio.Queue[None]()
+    real_events, real_next = store.pending_events, store.next_due_at
+
+    def pending_events(*args: Any) -> Any:
+        searches[0] += 1
+        return real_events(*args)
+
+    def next_due_at() -> Any:
+        passes.put_nowait(None)
+        return real_next()
+
+    monkeypatch.setattr(store, "pending_events", pending_events)
+    monkeypatch.setattr(store, "next_due_at", next_due_at)
+    loop = asyncio.create_task(service.scheduler.run())
+    try:
+        await asyncio.wait_for(passes.get(), 10)
+        for _ in range(5):  # woken again and again within one poll interval
+            service.wake()
+            await asyncio.wait_for(passes.get(), 10)
+        assert searches[0] == 1
+        now[0] += scheduler_module.POLL_INTERVAL
+        service.wake()
+        await asyncio.wait_for(passes.get(), 10)
+        assert searches[0] == 2
+    finally:
+        loop.cancel()
+        await asyncio.gather(loop, return_exceptions=True)
+        await service.stop()
