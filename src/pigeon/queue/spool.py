@@ -11,7 +11,8 @@ Layout under ``<data_dir>/spool/``:
 ``free/``
     spool files of messages that left the queue, kept (at most :data:`FREE_LIMIT`, each
     at most :data:`MEMORY_LIMIT` bytes) so that a new message can reuse one instead of
-    creating a file (see "Reuse" below). Nothing here is part of the queue.
+    creating a file (see "Reuse" below); any other file here is being removed in the
+    background. Nothing here is part of the queue.
 ``corrupt/``
     entries that could not be used (a leftover in ``tmp/``, a file with no index row, the
     record of an index row whose file is missing). Nothing is ever deleted from here by
@@ -332,6 +333,7 @@ class Spool:
         # Left queue/ (or found at start), not reusable before the next sync completes.
         self._discarded: list[tuple[str, int]] = []
         self._free_lock = threading.Lock()
+        self._trimmer: ThreadPoolExecutor | None = None
 
     @property
     def free_files(self) -> int:
@@ -381,7 +383,11 @@ class Spool:
             self._discarded = free  # reusable after the first sync (see the module docstring)
 
     def close(self) -> None:
-        """Release the descriptor kept for syncfs. Safe to call twice."""
+        """Finish removing what left ``free/``; release the syncfs descriptor. Idempotent."""
+        with self._free_lock:
+            trimmer, self._trimmer = self._trimmer, None
+        if trimmer is not None:
+            trimmer.shutdown(wait=True)
         handle, self._sync_handle = self._sync_handle, None
         if handle is not None:
             handle.close()
@@ -559,8 +565,12 @@ class Spool:
 
     def discard(self, queue_id: str) -> bool:
         """Take a committed spool file out of ``queue/`` (a delivered, deleted or never
-        acknowledged message): kept in ``free/`` for reuse when this spool reuses files and
-        there is room, else removed.
+        acknowledged message).
+
+        Without reuse the file is removed. With reuse it is renamed into ``free/``, and kept
+        there for reuse when it is small enough and there is room; otherwise a background
+        thread removes it, so that freeing its inode and blocks (slow on some file systems)
+        never holds up the caller (the commit thread).
 
         Args:
             queue_id: the message.
@@ -569,28 +579,44 @@ class Spool:
             True when a file was taken out of ``queue/``.
         """
         path = self.path_for(queue_id)
-        if self._reuse and len(self._free) + len(self._discarded) < FREE_LIMIT:
+        if self._reuse:
             try:
                 info = os.lstat(path)
             except FileNotFoundError:
                 return False
-            if (stat.S_ISREG(info.st_mode) and info.st_nlink == 1
-                    and info.st_size <= MEMORY_LIMIT):
+            if stat.S_ISREG(info.st_mode) and info.st_nlink == 1:
+                target = self.free_dir / queue_id
                 try:
-                    rename_noreplace(path, self.free_dir / queue_id)
+                    rename_noreplace(path, target)
                 except FileNotFoundError:
                     return False
                 except OSError:
                     pass  # removed below
                 else:
                     with self._free_lock:
-                        self._discarded.append((queue_id, info.st_size))
+                        keep = (info.st_size <= MEMORY_LIMIT
+                                and len(self._free) + len(self._discarded) < FREE_LIMIT)
+                        if keep:
+                            self._discarded.append((queue_id, info.st_size))
+                    if not keep:
+                        self._trim(target)
                     return True
         try:
             path.unlink()
         except FileNotFoundError:
             return False
         return True
+
+    def _trim(self, path: Path) -> None:
+        """Remove a file of ``free/`` in the background thread."""
+        with self._free_lock:
+            if self._trimmer is None:
+                self._trimmer = ThreadPoolExecutor(1, thread_name_prefix="spool-trim")
+            trimmer = self._trimmer
+        try:
+            trimmer.submit(self._drop_free, path)
+        except RuntimeError:  # shut down: the next start removes it (see _load_free)
+            pass
 
     def queue_names(self) -> list[str]:
         """Return the names of all entries in ``queue/``, sorted."""
