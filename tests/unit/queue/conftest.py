@@ -164,6 +164,15 @@ def envelope(
 CONTENT = b"Subject: test\r\nFrom: alice@example.org\r\n\r\nHello.\r\n"
 
 
+async def started_queue(data_dir: Path, agent: ScriptedAgent, clock: Clock) -> QueueService:
+    """A QueueService over ``data_dir`` with ``agent`` as its local agent, started without
+    its background loop (recovery has run: see ``service.recovery``)."""
+    service = QueueService(make_settings(data_dir), router=TableRouter(),  # type: ignore[arg-type]
+                           agents={"local": agent}, clock=clock)
+    await service.start(scheduler=False)
+    return service
+
+
 @dataclass
 class Harness:
     """A started QueueService (without its background loop) and its fakes."""

@@ -29,6 +29,7 @@ from .conftest import (
     TableRouter,
     envelope,
     make_settings,
+    started_queue,
 )
 
 
@@ -310,11 +311,8 @@ async def test_enqueue_after_stop_is_refused(tmp_path: Path, clock: Clock) -> No
 
 async def test_recovery_resumes_and_moves_unusable_entries_aside(tmp_path: Path,
                                                                  clock: Clock) -> None:
-    settings = make_settings(tmp_path)
     agent = ScriptedAgent()
-    service = QueueService(settings, router=TableRouter(), agents={"local": agent},  # type: ignore[arg-type]
-                           clock=clock)
-    await service.start(scheduler=False)
+    service = await started_queue(tmp_path, agent, clock)
     good = await service.enqueue_bytes(envelope("alice@example.org", "a@example.org",
                                                 "b@example.org"), CONTENT)
     missing = await service.enqueue_bytes(envelope(), CONTENT)
@@ -334,9 +332,7 @@ async def test_recovery_resumes_and_moves_unusable_entries_aside(tmp_path: Path,
     leftover = new_queue_id()
     (spool / "tmp" / leftover).write_bytes(b"half a message")
 
-    service = QueueService(settings, router=TableRouter(), agents={"local": agent},  # type: ignore[arg-type]
-                           clock=clock)
-    await service.start(scheduler=False)
+    service = await started_queue(tmp_path, agent, clock)
     try:
         report = service.recovery
         assert report is not None

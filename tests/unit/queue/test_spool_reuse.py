@@ -15,7 +15,16 @@ from pigeon.queue import spool as spool_module
 from pigeon.queue.service import QueueBusyError, QueueService
 from pigeon.queue.spool import MEMORY_LIMIT, Spool, rename_noreplace
 
-from .conftest import CONTENT, Clock, Harness, ScriptedAgent, TableRouter, envelope, make_settings
+from .conftest import (
+    CONTENT,
+    Clock,
+    Harness,
+    ScriptedAgent,
+    TableRouter,
+    envelope,
+    make_settings,
+    started_queue,
+)
 
 pytestmark = pytest.mark.skipif(spool_module._renameat2 is None,
                                 reason="renameat2(2) not available")
@@ -183,11 +192,8 @@ async def test_a_second_start_leaves_the_running_queues_free_dir_alone(
 
 async def test_recovery_sets_aside_a_reused_file_whose_content_changed(
         tmp_path: Path, clock: Clock) -> None:
-    settings = make_settings(tmp_path)
     agent = ScriptedAgent()
-    service = QueueService(settings, router=TableRouter(), agents={"local": agent},  # type: ignore[arg-type]
-                           clock=clock)
-    await service.start(scheduler=False)
+    service = await started_queue(tmp_path, agent, clock)
     for _ in range(2):
         await service.enqueue_bytes(envelope(), CONTENT)
     assert await service.run_due_once() == 2
@@ -199,9 +205,7 @@ async def test_recovery_sets_aside_a_reused_file_whose_content_changed(
     data[-3] ^= 0x20  # same size, other content: what a lost write would leave
     (queue / stale).write_bytes(bytes(data))
 
-    service = QueueService(settings, router=TableRouter(), agents={"local": agent},  # type: ignore[arg-type]
-                           clock=clock)
-    await service.start(scheduler=False)
+    service = await started_queue(tmp_path, agent, clock)
     try:
         report = service.recovery
         assert report is not None
@@ -218,11 +222,8 @@ async def test_recovery_sets_aside_a_reused_file_whose_content_changed(
 
 async def test_recovery_sets_aside_a_reused_file_it_cannot_read(
         tmp_path: Path, clock: Clock, monkeypatch: pytest.MonkeyPatch) -> None:
-    settings = make_settings(tmp_path)
     agent = ScriptedAgent()
-    service = QueueService(settings, router=TableRouter(), agents={"local": agent},  # type: ignore[arg-type]
-                           clock=clock)
-    await service.start(scheduler=False)
+    service = await started_queue(tmp_path, agent, clock)
     await service.enqueue_bytes(envelope(), CONTENT)
     assert await service.run_due_once() == 1
     await service.enqueue_bytes(envelope(), CONTENT)  # its sync frees the first file
@@ -234,9 +235,7 @@ async def test_recovery_sets_aside_a_reused_file_it_cannot_read(
         raise OSError(5, "Input/output error", str(path))
 
     monkeypatch.setattr(service_module, "_crc32", unreadable)
-    service = QueueService(settings, router=TableRouter(), agents={"local": agent},  # type: ignore[arg-type]
-                           clock=clock)
-    await service.start(scheduler=False)  # one bad file does not stop the queue
+    service = await started_queue(tmp_path, agent, clock)  # one bad file does not stop it
     try:
         report = service.recovery
         assert report is not None
