@@ -10,7 +10,6 @@ delivers mail or writes a DSN itself.
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from datetime import UTC, datetime
@@ -30,6 +29,7 @@ __all__ = ["CANCELLED", "queue_group"]
 
 #: The result given to recipients bounced with ``pigeon queue bounce`` (RFC 3463 5.0.0).
 CANCELLED = AttemptResult("failed", 550, "5.0.0", "delivery cancelled by administrator")
+_COPY_BLOCK = 64 * 1024
 
 
 class _Queue:
@@ -207,19 +207,13 @@ def show_command(config_path: Path | None, queue_id: str, content: bool) -> None
             lines.append(f"  last reply:   {_reply_text(r.last_result)}")
     click.echo("\n".join(lines))
     if content:
+        click.echo("")
         try:
             with open(m.spool_path, "rb") as spool_file:
-                data = spool_file.read()
-                inode = os.fstat(spool_file.fileno()).st_ino
-            # The server may reuse a finished message's file for the next one: the content
-            # read is this message's only if the name still leads to the same file.
-            same = os.stat(m.spool_path).st_ino == inode
+                while block := spool_file.read(_COPY_BLOCK):
+                    click.echo(block, nl=False)
         except FileNotFoundError:
-            same = False
-        if not same:
-            _fail(f"{m.queue_id} left the queue while it was being read")
-        click.echo("")
-        click.echo(data, nl=False)
+            _fail(f"the spool file of {m.queue_id} is gone")
 
 
 @queue_group.command("flush")

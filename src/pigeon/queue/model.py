@@ -98,9 +98,6 @@ class QueuedMessage:
         client_name: its HELO/EHLO name.
         authenticated_user: the SASL identity, or None.
         is_dsn: the message is a DSN Pigeon generated (never answered with another DSN).
-        checksum: CRC-32 of the spool file's content when the file reused the inode of an
-            earlier message (see ``pigeon.queue.spool``), checked by recovery; None for a
-            newly created file.
         recipients: the recipient rows.
     """
 
@@ -117,5 +114,4 @@ class QueuedMessage:
     client_name: str = ""
     authenticated_user: str | None = None
     is_dsn: bool = False
-    checksum: int | None = None
     recipients: list[QueuedRecipient] = field(default_factory=list)

@@ -18,8 +18,7 @@ one delivery task per message, at most ``delivery_concurrency`` at a time. A tas
    delayed after ``delay_warning``, delivered when NOTIFY=SUCCESS), from the null
    reverse-path to the message's reverse-path, never about a DSN or to ``<>``
    (RFC 3461 §6.2, RFC 5321 §6.1);
-6. removes the message (spool file out of ``queue/``, then index rows) once every recipient
-   is final; the queue's spool may keep the file in ``spool/free/`` for reuse.
+6. removes the message (spool file, then index rows) once every recipient is final.
 
 Backoff: the n-th retry comes ``retry_min · 2^(n-1)`` seconds after the attempt before it
 started, capped at ``retry_max``: with the defaults 300, 600, 1200, 2400, 4000, 4000, ...
@@ -225,8 +224,7 @@ class Scheduler:
         hostname: this server's name (the DSN's Reporting-MTA).
         send_dsn: queues a DSN's content for a message; returns its queue id, or None when
             the message's reverse-path cannot receive one.
-        discard_spool: takes a finished message's spool file out of ``queue/`` (removed, or
-            kept for reuse; see ``pigeon.queue.spool``).
+        discard_spool: removes a finished message's spool file.
         quarantine: moves an unusable entry aside (queue id, reason).
         write: runs an index write ``(call, durable)`` and returns its result; the queue
             passes its group commit. Default: each write in its own thread and transaction.

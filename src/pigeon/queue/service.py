@@ -26,9 +26,7 @@ share one sync. Each committed message is then offered to the scheduler from mem
 is resumed at its recorded ``next_attempt_at``. Unusable entries are moved into
 ``spool/corrupt/``, never deleted, and logged: leftovers in ``spool/tmp/`` (never
 acknowledged), spool files without an index row, index entries that cannot be read or
-whose spool file is missing, has the wrong size or, for a file that reused an earlier
-message's inode, not the content whose CRC-32 the index keeps (their rows are saved as
-JSON). A
+whose spool file is missing or has the wrong size (their rows are saved as JSON). A
 finished message leaves the queue spool file first, rows second, so a spool file without
 rows was never acknowledged, and a finished entry without its spool file (a crash between
 the two steps) is simply removed.
@@ -47,7 +45,6 @@ import fcntl
 import logging
 import os
 import time
-import zlib
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -81,15 +78,6 @@ ROUTING_FAILED = Reply(451, "4.3.0", "Requested action aborted: error in recipie
 _DEFAULT_SHUTDOWN_GRACE = 30.0
 
 
-def _crc32(path: Path) -> int:
-    """CRC-32 (zlib) of a file's content."""
-    checksum = 0
-    with open(path, "rb") as file:
-        while chunk := file.read(1 << 16):
-            checksum = zlib.crc32(chunk, checksum)
-    return checksum
-
-
 class QueueBusyError(RuntimeError):
     """Another process runs the queue of this data directory."""
 
@@ -104,8 +92,7 @@ class RecoveryReport:
         tmp_moved: never-acknowledged files moved from ``spool/tmp`` to ``spool/corrupt``.
         orphans_moved: spool files without an index row moved to ``spool/corrupt``.
         corrupt_entries: index entries that could not be read, moved aside.
-        missing_spool: index entries whose spool file was missing, of the wrong size, or
-            (for a reused file) unreadable or of the wrong content, moved aside.
+        missing_spool: index entries whose spool file was missing or truncated, moved aside.
         finished: entries whose recipients were all final, with no DSN pending, and whose
             spool file was already removed (a crash while the message left the queue);
             their rows are deleted.
@@ -169,7 +156,7 @@ class QueueService:
         self.clock = clock
         self.data_dir = Path(settings.server.data_dir)
         self.spool = Spool(self.data_dir / "spool",
-                           sync=str(getattr(settings.server, "sync", "fsync")), reuse=True)
+                           sync=str(getattr(settings.server, "sync", "fsync")))
         self.commit_batches = 0
         self.recovery: RecoveryReport | None = None
         self._store = store
@@ -212,11 +199,9 @@ class QueueService:
         Raises:
             QueueBusyError: another process runs this data directory's queue.
         """
-        # The lock first: ensure_dirs() edits spool/free/, which belongs to the lock holder.
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.spool.ensure_dirs()
         self._lock_fd = self._take_lock()
         try:
-            self.spool.ensure_dirs()
             if self._store is None:
                 self._store = await asyncio.to_thread(self._open_default_store)
                 self._index_on_spool_fs = (
@@ -547,11 +532,7 @@ class QueueService:
             errors = self.spool.place(writers) if sync_after else self.spool.commit(writers)
         else:
             errors = []
-        ready = []
-        for item, error in zip(batch, errors, strict=True):
-            if error is None:
-                item.message.checksum = item.writer.checksum
-                ready.append(item.message)
+        ready = [item.message for item, error in zip(batch, errors, strict=True) if error is None]
         durable = not sync_after and (bool(ready) or any(w.durable for w in writes))
         insert_error: Exception | None = None
         outcomes: list[tuple[bool, Any]] = []
@@ -667,16 +648,6 @@ class QueueService:
                     queue_id, f"spool file has {size} bytes, the index says {message.size}"))
                 report.missing_spool += 1
                 continue
-            if message.checksum is not None:
-                try:
-                    matches = _crc32(path) == message.checksum
-                    reason = "spool file content does not match the index (CRC-32)"
-                except OSError as exc:
-                    matches, reason = False, f"spool file unreadable: {exc.strerror}"
-                if not matches:
-                    report.moved.extend(self._quarantine_entry(queue_id, reason))
-                    report.missing_spool += 1
-                    continue
             active = [r for r in message.recipients if r.state not in FINAL_STATES]
             if active:
                 report.messages += 1

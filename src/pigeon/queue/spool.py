@@ -8,11 +8,6 @@ Layout under ``<data_dir>/spool/``:
     committed messages, each named by its queue id (never overwritten: a name that exists
     fails the message). A message is acknowledged only once its file and its name here are
     on stable storage and its index row is committed.
-``free/``
-    spool files of messages that left the queue, kept (at most :data:`FREE_LIMIT`, each
-    at most :data:`MEMORY_LIMIT` bytes) so that a new message can reuse one instead of
-    creating a file (see "Reuse" below); any other file here is being removed in the
-    background. Nothing here is part of the queue.
 ``corrupt/``
     entries that could not be used (a leftover in ``tmp/``, a file with no index row, the
     record of an index row whose file is missing). Nothing is ever deleted from here by
@@ -41,37 +36,15 @@ may be committed and the clients told ``250``. Two ways to make a batch durable
     file system, or one shared with little else, best.
 
 ``auto`` (the default) picks ``syncfs`` where it is available and ``fsync`` elsewhere.
-
-Reuse (the queue's own spool, ``Spool(reuse=True)``): creating a file allocates an inode
-and removing one frees it and its blocks; both are costly on some file systems (ext4
-without a journal searches past every recently freed inode of the group on each create,
-and a file system mounted with ``discard`` trims freed blocks at once). So a delivered
-message's file is renamed into ``free/`` instead of being removed, and the next small
-message is written over it (from offset 0, then cut to its length) and renamed into
-``queue/<queue id>`` with ``RENAME_NOREPLACE``, which never replaces an existing name.
-Two rules keep a power loss from mixing two messages up:
-
-- a file becomes reusable only after a sync that began after it left ``queue/``
-  (:meth:`Spool.sync`; the files found in ``free/`` at start wait for the first one), so
-  the old message's name can never come back naming an inode that holds a new message;
-- with ``syncfs`` the new content, the new name and the index row become durable together,
-  in no set order, so the old content could survive under the new name: the index keeps a
-  CRC-32 of a reused file's content (``QueuedMessage.checksum``) and recovery sets the
-  entry aside when the file does not match.
-
-An error while reusing a file drops that file and the message gets a new file instead.
 """
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import json
 import logging
 import os
-import stat
 import threading
-import zlib
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -87,14 +60,11 @@ from pigeon.storage.durability import (
 )
 
 __all__ = [
-    "FREE_LIMIT",
-    "MEMORY_LIMIT",
     "SYNC_METHODS",
     "SYNC_THREADS",
     "Spool",
     "SpoolWriter",
     "fsync_directory",
-    "rename_noreplace",
     "resolve_sync_method",
     "syncfs_available",
 ]
@@ -106,43 +76,6 @@ _WRITE_BUFFER = 64 * 1024
 # A message is kept in memory up to this many bytes (no tmp/ file; see SpoolWriter). The
 # same as the write buffer a file would have had, so memory use per session is unchanged.
 MEMORY_LIMIT = 64 * 1024
-# The most spool files kept in free/ for reuse (each at most MEMORY_LIMIT bytes).
-FREE_LIMIT = 512
-
-_AT_FDCWD = -100
-_RENAME_NOREPLACE = 1
-
-
-def _load_renameat2() -> Any:
-    try:
-        function = ctypes.CDLL(None, use_errno=True).renameat2
-    except (OSError, AttributeError):
-        return None
-    function.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p,
-                         ctypes.c_uint]
-    function.restype = ctypes.c_int
-    return function
-
-
-_renameat2 = _load_renameat2()
-
-
-def rename_noreplace(source: Path, target: Path) -> None:
-    """Rename ``source`` to ``target`` atomically, failing if ``target`` exists.
-
-    Linux ``renameat2(2)`` with ``RENAME_NOREPLACE`` (glibc 2.28 or later).
-
-    Raises:
-        FileExistsError: ``target`` exists (nothing was changed).
-        OSError: the rename failed; ``EINVAL`` or ``ENOSYS`` when the system or the file
-            system cannot rename without replacing.
-    """
-    if _renameat2 is None:
-        raise OSError(errno.ENOSYS, "renameat2 is not available", str(source))
-    if _renameat2(_AT_FDCWD, os.fsencode(source), _AT_FDCWD, os.fsencode(target),
-                  _RENAME_NOREPLACE) != 0:
-        code = ctypes.get_errno()
-        raise OSError(code, os.strerror(code), str(source), None, str(target))
 
 
 # Threads that fsync the files of one commit batch at the same time.
@@ -167,12 +100,8 @@ def _write_from_start(fd: int, data: bytearray) -> None:
         offset += os.pwrite(fd, view[offset:], offset)
 
 
-def _finish(writer: SpoolWriter, final: Path, fsync: bool, spool: Spool | None = None
-            ) -> BaseException | None:
+def _finish(writer: SpoolWriter, final: Path, fsync: bool) -> BaseException | None:
     try:
-        if spool is not None and writer._buffer is not None and spool._reuse_into(writer, final,
-                                                                              fsync):
-            return None
         writer._finish(final, fsync=fsync)
     except (OSError, ValueError) as exc:
         return exc
@@ -191,7 +120,6 @@ class SpoolWriter:
         queue_id: the queue id the message will have.
         size: bytes written so far.
         path: the temporary file in ``tmp/`` (it exists only once the content spilled).
-        checksum: CRC-32 of the content once it was written over a reused file, else None.
     """
 
     def __init__(self, queue_id: str, path: Path, *, memory_limit: int | None = None) -> None:
@@ -202,7 +130,6 @@ class SpoolWriter:
         self._buffer: bytearray | None = bytearray()
         self._file: IO[bytes] | None = None
         self._closed = False
-        self.checksum: int | None = None
 
     @property
     def closed(self) -> bool:
@@ -320,74 +247,25 @@ class Spool:
         ValueError: ``sync`` is unknown or not available here.
     """
 
-    def __init__(self, root: Path, *, sync: str = "fsync", reuse: bool = False) -> None:
+    def __init__(self, root: Path, *, sync: str = "fsync") -> None:
         self.root = root
         self.sync_method = resolve_sync_method(sync)
         self._sync_handle: SyncHandle | None = None
         self.tmp_dir = root / "tmp"
         self.queue_dir = root / "queue"
-        self.free_dir = root / "free"
         self.corrupt_dir = root / "corrupt"
-        self._reuse = reuse and _renameat2 is not None
-        self._free: list[tuple[str, int]] = []  # (name in free/, size in bytes)
-        # Left queue/ (or found at start), not reusable before the next sync completes.
-        self._discarded: list[tuple[str, int]] = []
-        self._free_lock = threading.Lock()
-        self._trimmer: ThreadPoolExecutor | None = None
-
-    @property
-    def free_files(self) -> int:
-        """Files in ``free/`` that may be reused now (0 when this spool does not reuse)."""
-        return len(self._free)
-
-    @property
-    def discarded_files(self) -> int:
-        """Files in ``free/`` waiting for the next :meth:`sync` before they may be reused."""
-        return len(self._discarded)
 
     def ensure_dirs(self) -> None:
-        """Create the spool directories (mode 0700) when missing.
-
-        A spool that reuses files also lists ``free/`` and removes from it what must not be
-        reused; only the process that holds the queue lock may call it then.
-        """
-        for path in (self.root, self.tmp_dir, self.queue_dir, self.free_dir,
-                     self.corrupt_dir):
+        """Create the spool directories (mode 0700) when missing."""
+        for path in (self.root, self.tmp_dir, self.queue_dir, self.corrupt_dir):
             path.mkdir(mode=0o700, parents=True, exist_ok=True)
-        if self._reuse:
-            self._load_free()
         if self.sync_method == "syncfs" and self._sync_handle is None:
             # Opened before the first message is written, so its syncfs hears of every
             # write-back error from then on (see pigeon.storage.durability).
             self._sync_handle = SyncHandle(self.queue_dir)
 
-    def _load_free(self) -> None:
-        # A name in free/ is reused only if it is a plain file with no other name: an inode
-        # also named in queue/ (a rename a crash left half-done) is dropped from free/.
-        queued = {entry.inode() for entry in os.scandir(self.queue_dir)}
-        free: list[tuple[str, int]] = []
-        for entry in os.scandir(self.free_dir):
-            try:
-                info = entry.stat(follow_symlinks=False)
-                usable = (stat.S_ISREG(info.st_mode) and info.st_nlink == 1
-                          and info.st_size <= MEMORY_LIMIT and entry.inode() not in queued
-                          and len(free) < FREE_LIMIT)
-                if usable:
-                    free.append((entry.name, info.st_size))
-                else:
-                    os.unlink(entry.path)
-            except OSError as exc:
-                log.warning("spool free/%s: %s", entry.name, exc)
-        with self._free_lock:
-            self._free = []
-            self._discarded = free  # reusable after the first sync (see the module docstring)
-
     def close(self) -> None:
-        """Finish removing what left ``free/``; release the syncfs descriptor. Idempotent."""
-        with self._free_lock:
-            trimmer, self._trimmer = self._trimmer, None
-        if trimmer is not None:
-            trimmer.shutdown(wait=True)
+        """Release the descriptor kept for syncfs. Safe to call twice."""
         handle, self._sync_handle = self._sync_handle, None
         if handle is not None:
             handle.close()
@@ -455,12 +333,10 @@ class Spool:
         errors: list[BaseException | None] = []
         fsync = self.sync_method != "syncfs"
         finals = [self.queue_dir / writer.queue_id for writer in writers]
-        spool = self if self._reuse else None
         if fsync and len(writers) > 1:
-            done = list(_sync_executor().map(_finish, writers, finals, [True] * len(writers),
-                                             [spool] * len(writers)))
+            done = list(_sync_executor().map(_finish, writers, finals, [True] * len(writers)))
         else:
-            done = [_finish(w, f, fsync, spool) for w, f in zip(writers, finals, strict=True)]
+            done = [_finish(w, f, fsync) for w, f in zip(writers, finals, strict=True)]
         for writer, error in zip(writers, done, strict=True):
             if error is not None:
                 log.error("spool file %s: %s", writer.queue_id, error)
@@ -478,8 +354,6 @@ class Spool:
         Raises:
             OSError: the sync failed; nothing placed since the last sync is known durable.
         """
-        with self._free_lock:
-            discarded, self._discarded = self._discarded, []
         try:
             if self.sync_method == "syncfs":
                 if self._sync_handle is None:
@@ -489,134 +363,22 @@ class Spool:
                 fsync_directory(self.queue_dir)
         except OSError as exc:
             log.error("%s of %s failed: %s", self.sync_method, self.queue_dir, exc)
-            with self._free_lock:
-                self._discarded[:0] = discarded
             raise
-        if discarded:
-            # Their names are durably gone from queue/: the inodes may take new content.
-            with self._free_lock:
-                self._free.extend(discarded)
-
-    def _reuse_into(self, writer: SpoolWriter, final: Path, fsync: bool) -> bool:
-        """Write ``writer``'s in-memory content over a file from ``free/``, name it ``final``.
-
-        A file that fails on the way (it cannot be opened, written or renamed) is dropped
-        from ``free/`` and False is returned, so the caller creates a new file instead.
-
-        Returns:
-            False when no file was reused (none left, reuse not possible here, or an error
-            with the reused file): the caller then creates a new file.
-
-        Raises:
-            FileExistsError: ``final`` exists (the reused file stays available).
-        """
-        with self._free_lock:
-            if not self._free:
-                return False
-            name, old_size = self._free.pop()
-        source = self.free_dir / name
-        buffer = writer._buffer
-        assert buffer is not None
-        try:
-            fd = os.open(source, os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
-        except OSError as exc:
-            if exc.errno != errno.ENOENT:
-                log.warning("spool free/%s: %s; not reused", name, exc)
-                self._drop_free(source)
-            return False
-        try:
-            _write_from_start(fd, buffer)
-            if old_size > len(buffer):
-                os.ftruncate(fd, len(buffer))
-            if fsync:
-                os.fsync(fd)
-        except OSError as exc:
-            log.warning("spool free/%s: %s; not reused", name, exc)
-            self._drop_free(source)
-            return False
-        finally:
-            os.close(fd)
-        try:
-            rename_noreplace(source, final)
-        except FileExistsError:
-            with self._free_lock:
-                self._free.append((name, len(buffer)))
-            raise
-        except OSError as exc:
-            if exc.errno in (errno.EINVAL, errno.ENOSYS):
-                log.info("spool: this file system cannot rename without replacing; "
-                         "spool files are no longer reused")
-                self._reuse = False
-            else:
-                log.warning("spool free/%s: %s; not reused", name, exc)
-            self._drop_free(source)
-            return False
-        writer.checksum = zlib.crc32(buffer)
-        writer._buffer = None
-        writer._closed = True
-        return True
-
-    @staticmethod
-    def _drop_free(path: Path) -> None:
-        try:
-            path.unlink(missing_ok=True)
-        except OSError as exc:
-            log.warning("cannot remove %s: %s", path, exc)
 
     def discard(self, queue_id: str) -> bool:
-        """Take a committed spool file out of ``queue/`` (a delivered, deleted or never
-        acknowledged message).
-
-        Without reuse the file is removed. With reuse it is renamed into ``free/``, and kept
-        there for reuse when it is small enough and there is room; otherwise a background
-        thread removes it, so that freeing its inode and blocks (slow on some file systems)
-        never holds up the caller (the commit thread).
+        """Remove a committed spool file (a delivered, deleted or never acknowledged message).
 
         Args:
             queue_id: the message.
 
         Returns:
-            True when a file was taken out of ``queue/``.
+            True when a file was removed.
         """
-        path = self.path_for(queue_id)
-        if self._reuse:
-            try:
-                info = os.lstat(path)
-            except FileNotFoundError:
-                return False
-            if stat.S_ISREG(info.st_mode) and info.st_nlink == 1:
-                target = self.free_dir / queue_id
-                try:
-                    rename_noreplace(path, target)
-                except FileNotFoundError:
-                    return False
-                except OSError:
-                    pass  # removed below
-                else:
-                    with self._free_lock:
-                        keep = (info.st_size <= MEMORY_LIMIT
-                                and len(self._free) + len(self._discarded) < FREE_LIMIT)
-                        if keep:
-                            self._discarded.append((queue_id, info.st_size))
-                    if not keep:
-                        self._trim(target)
-                    return True
         try:
-            path.unlink()
+            self.path_for(queue_id).unlink()
         except FileNotFoundError:
             return False
         return True
-
-    def _trim(self, path: Path) -> None:
-        """Remove a file of ``free/`` in the background thread."""
-        with self._free_lock:
-            if self._trimmer is None:
-                self._trimmer = ThreadPoolExecutor(1, thread_name_prefix="spool-trim")
-            trimmer = self._trimmer
-        try:
-            trimmer.submit(self._drop_free, path)
-        except RuntimeError:  # shut down: the next start removes it (see _load_free)
-            pass
 
     def queue_names(self) -> list[str]:
         """Return the names of all entries in ``queue/``, sorted."""

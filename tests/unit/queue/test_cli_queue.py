@@ -139,27 +139,6 @@ async def test_show_and_content(setup: Setup) -> None:
     assert result.stdout_bytes.endswith(b"\n\n" + message.spool_path.read_bytes())
 
 
-async def test_content_of_a_message_that_left_while_read_is_refused(
-        setup: Setup, monkeypatch: pytest.MonkeyPatch) -> None:
-    # The server reused the file for another message between open and the end of the read.
-    queue_id = await setup.service.enqueue_bytes(envelope(), CONTENT)
-    path = setup.service.store.get(queue_id).spool_path
-    real_stat = os.stat
-
-    def moved(target: object, *args: object, **kwargs: object) -> os.stat_result:
-        result = real_stat(target, *args, **kwargs)  # type: ignore[arg-type]
-        if str(target) == str(path):
-            raise FileNotFoundError(2, "No such file or directory", str(target))
-        return result
-
-    monkeypatch.setattr(os, "stat", moved)
-    result = setup.runner.invoke(queue_group, ["show", queue_id, "--content",
-                                               "-c", str(setup.config)])
-    assert result.exit_code == 1
-    assert result.stderr == f"pigeon queue: {queue_id} left the queue while it was being read\n"
-    assert CONTENT not in result.stdout_bytes
-
-
 @pytest.mark.parametrize("command", ["show", "retry", "hold", "release", "delete", "bounce"])
 async def test_unknown_id_exits_1(setup: Setup, command: str) -> None:
     for bad in ("0000000000AB", "../../etc/passwd"):

@@ -44,40 +44,8 @@ def message(*addresses: str, arrival: float = T0, **kw: object) -> QueuedMessage
 def test_schema_is_wal_with_full_sync(store: SqliteQueueStore, tmp_path: Path) -> None:
     db = sqlite3.connect(tmp_path / "queue.db")
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert db.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert db.execute("PRAGMA user_version").fetchone()[0] == 1
     assert store._db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
-    db.close()
-
-
-def test_version_1_index_gains_the_checksum_column(tmp_path: Path) -> None:
-    # A queue.db written by schema version 1 (no message.checksum) opens, keeps its rows,
-    # and stores checksums from then on.
-    path = tmp_path / "v1" / "queue.db"
-    path.parent.mkdir()
-    db = sqlite3.connect(path)
-    db.executescript(
-        "CREATE TABLE message (queue_id TEXT PRIMARY KEY, reverse_path TEXT NOT NULL,"
-        " size INTEGER NOT NULL, arrival REAL NOT NULL, body TEXT,"
-        " smtputf8 INTEGER NOT NULL DEFAULT 0, ret TEXT, envid TEXT,"
-        " client_address TEXT NOT NULL DEFAULT '', client_name TEXT NOT NULL DEFAULT '',"
-        " authenticated_user TEXT, is_dsn INTEGER NOT NULL DEFAULT 0);"
-        "INSERT INTO message (queue_id, reverse_path, size, arrival)"
-        " VALUES ('0000000000AB', 'a@example.org', 7, 100.0);"
-        "PRAGMA user_version = 1;"
-    )
-    db.close()
-    store = SqliteQueueStore(path, tmp_path / "spool")
-    try:
-        old = store.get("0000000000AB")
-        assert old is not None and old.checksum is None and old.size == 7
-        fresh = message(checksum=0xDEADBEEF)
-        store.insert([fresh])
-        new = store.get(fresh.queue_id)
-        assert new is not None and new.checksum == 0xDEADBEEF
-    finally:
-        store.close()
-    db = sqlite3.connect(path)
-    assert db.execute("PRAGMA user_version").fetchone()[0] == 2
     db.close()
 
 

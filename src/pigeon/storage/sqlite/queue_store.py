@@ -22,11 +22,8 @@ with the ``pigeon queue`` tools while the server runs:
   failing; write transactions start with ``BEGIN IMMEDIATE`` so they take the write lock
   up front and never fail half-way with ``SQLITE_BUSY``.
 
-Schema (version 2): ``message`` (one row per queued message: the envelope, and
-``checksum``, the CRC-32 of a spool file that reused an earlier message's file; added in
-version 2) and ``recipient`` (one row per forward-path; ``dsn_action`` holds an event waiting
-for its DSN). A version-1 index gains the column when opened; an older Pigeon then refuses
-it.
+Schema (version 1): ``message`` (one row per queued message: the envelope) and
+``recipient`` (one row per forward-path; ``dsn_action`` holds an event waiting for its DSN).
 """
 
 from __future__ import annotations
@@ -45,7 +42,7 @@ from pigeon.storage.ports import CorruptEntryError, DsnAction, RecipientUpdate
 
 __all__ = ["SCHEMA_VERSION", "SqliteQueueStore"]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 1
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS message (
@@ -60,8 +57,7 @@ CREATE TABLE IF NOT EXISTS message (
     client_address TEXT NOT NULL DEFAULT '',
     client_name TEXT NOT NULL DEFAULT '',
     authenticated_user TEXT,
-    is_dsn INTEGER NOT NULL DEFAULT 0,
-    checksum INTEGER
+    is_dsn INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS recipient (
     id INTEGER PRIMARY KEY,
@@ -137,8 +133,6 @@ class SqliteQueueStore:
                 for statement in _SCHEMA.split(";"):
                     if statement.strip():
                         db.execute(statement)
-                if version == 1:  # version 2 added message.checksum
-                    db.execute("ALTER TABLE message ADD COLUMN checksum INTEGER")
                 db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     # -- transactions -------------------------------------------------------------------
@@ -231,11 +225,11 @@ class SqliteQueueStore:
             for m in messages:
                 db.execute(
                     "INSERT INTO message (queue_id, reverse_path, size, arrival, body, smtputf8,"
-                    " ret, envid, client_address, client_name, authenticated_user, is_dsn,"
-                    " checksum) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    " ret, envid, client_address, client_name, authenticated_user, is_dsn)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (m.queue_id, m.reverse_path, m.size, m.arrival, m.body, int(m.smtputf8),
                      m.ret, m.envid, m.client_address, m.client_name, m.authenticated_user,
-                     int(m.is_dsn), m.checksum),
+                     int(m.is_dsn)),
                 )
                 for r in m.recipients:
                     result = r.last_result
@@ -441,7 +435,6 @@ class SqliteQueueStore:
                 client_name=_text(row["client_name"]),
                 authenticated_user=_opt_text(row["authenticated_user"]),
                 is_dsn=bool(_int(row["is_dsn"])),
-                checksum=None if row["checksum"] is None else _int(row["checksum"]),
                 recipients=[_recipient(r) for r in rows],
             )
         except (TypeError, ValueError) as exc:
