@@ -292,3 +292,57 @@ def test_batch_rolls_back_everything_when_its_body_raises(store: SqliteQueueStor
     assert store.queue_ids() == []
     with pytest.raises(RuntimeError, match="does not nest"), store.batch(), store.batch():
         pass
+
+
+_OLD_DUE = (
+    "SELECT queue_id, MIN(next_attempt_at) AS due_at FROM recipient"
+    " WHERE state IN ('queued', 'deferred') AND next_attempt_at <= ?"
+    " GROUP BY queue_id ORDER BY due_at, queue_id LIMIT ?"
+)
+
+
+@settings(max_examples=60, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    messages=st.lists(
+        st.lists(st.tuples(st.sampled_from(["queued", "deferred", "held", "delivered",
+                                            "failed"]),
+                           st.integers(0, 6)), min_size=1, max_size=4),
+        max_size=12),
+    now=st.integers(0, 7),
+    limit=st.integers(0, 14),
+)
+def test_due_takes_messages_by_earliest_due_recipient_then_queue_id(
+        tmp_path_factory: pytest.TempPathFactory, messages: list[list[tuple[str, int]]],
+        now: int, limit: int) -> None:
+    # The streaming merge over the due-order index gives what one GROUP BY over every due
+    # recipient gives.
+    path = tmp_path_factory.mktemp("due")
+    store = SqliteQueueStore(path / "queue.db", path / "spool")
+    try:
+        rows = []
+        for recipients in messages:
+            m = message(*(f"r{i}@example.org" for i in range(len(recipients))))
+            for r, (state, at) in zip(m.recipients, recipients, strict=True):
+                r.state = state  # type: ignore[assignment]
+                r.next_attempt_at = T0 + at
+            rows.append(m)
+        store.insert(rows)
+        expected = [r[0] for r in store._reader.execute(_OLD_DUE, (T0 + now, limit))]
+        assert store.due(T0 + now, limit) == expected
+    finally:
+        store.close()
+
+
+def test_an_index_of_an_earlier_version_is_replaced(tmp_path: Path) -> None:
+    path = tmp_path / "queue.db"
+    SqliteQueueStore(path, tmp_path / "spool").close()
+    db = sqlite3.connect(path)
+    db.execute("DROP INDEX recipient_due_order")
+    db.execute("CREATE INDEX recipient_due ON recipient(state, next_attempt_at)")
+    db.commit()
+    db.close()
+    SqliteQueueStore(path, tmp_path / "spool").close()
+    db = sqlite3.connect(path)
+    names = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+    db.close()
+    assert "recipient_due" not in names and "recipient_due_order" in names

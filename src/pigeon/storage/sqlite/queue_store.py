@@ -28,6 +28,7 @@ Schema (version 1): ``message`` (one row per queued message: the envelope) and
 
 from __future__ import annotations
 
+import heapq
 import math
 import sqlite3
 import threading
@@ -80,11 +81,16 @@ CREATE TABLE IF NOT EXISTS recipient (
     dsn_action TEXT
 );
 CREATE INDEX IF NOT EXISTS recipient_queue_id ON recipient(queue_id);
-CREATE INDEX IF NOT EXISTS recipient_due ON recipient(state, next_attempt_at);
 CREATE INDEX IF NOT EXISTS recipient_dsn ON recipient(dsn_action) WHERE dsn_action IS NOT NULL;
 """
 
+# Due recipients in the order passes take them: `due` reads it from the start of each active
+# state and stops after `limit` messages, however large the backlog.
+_DUE_INDEX = ("CREATE INDEX IF NOT EXISTS recipient_due_order"
+              " ON recipient(state, next_attempt_at, queue_id)")
+
 _STATES = frozenset({"queued", "deferred", "held", "delivered", "failed", "expired"})
+_ACTIVE_STATES = ("queued", "deferred")
 _ACTIVE = "('queued', 'deferred')"
 _FINAL = "('delivered', 'failed', 'expired')"
 _ROUTES = frozenset({"local", "remote"})
@@ -134,6 +140,10 @@ class SqliteQueueStore:
                     if statement.strip():
                         db.execute(statement)
                 db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            # The due-order index is not part of the schema version: an index written by an
+            # earlier Pigeon (state, next_attempt_at) is replaced, whatever the version.
+            db.execute("DROP INDEX IF EXISTS recipient_due")
+            db.execute(_DUE_INDEX)
 
     # -- transactions -------------------------------------------------------------------
 
@@ -366,15 +376,38 @@ class SqliteQueueStore:
         }
 
     def due(self, now: float, limit: int) -> list[str]:
-        """Queue ids with due recipients; see the port."""
+        """Queue ids with due recipients; see the port.
+
+        Ordered by each message's earliest due recipient, then queue id. The two active
+        states are read in that order from the due-order index and merged, so the work is
+        proportional to ``limit``, not to the number of due recipients.
+        """
+        out: list[str] = []
+        if limit <= 0:
+            return out
         with self._read() as db:
-            rows = db.execute(
-                "SELECT queue_id, MIN(next_attempt_at) AS due_at FROM recipient"
-                f" WHERE state IN {_ACTIVE} AND next_attempt_at <= ?"
-                " GROUP BY queue_id ORDER BY due_at, queue_id LIMIT ?",
-                (now, limit),
-            ).fetchall()
-        return [r[0] for r in rows]
+            cursors = [
+                db.execute(
+                    "SELECT next_attempt_at, queue_id FROM recipient"
+                    " WHERE state = ? AND next_attempt_at <= ?"
+                    " ORDER BY next_attempt_at, queue_id",
+                    (state, now),
+                )
+                for state in _ACTIVE_STATES
+            ]
+            try:
+                seen: set[str] = set()
+                rows = heapq.merge(*(map(tuple, cursor) for cursor in cursors))
+                for _, queue_id in rows:
+                    if queue_id not in seen:
+                        seen.add(queue_id)
+                        out.append(queue_id)
+                        if len(out) >= limit:
+                            break
+            finally:
+                for cursor in cursors:
+                    cursor.close()
+        return out
 
     def next_due_at(self) -> float | None:
         """The earliest next attempt; see the port."""
