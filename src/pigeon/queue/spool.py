@@ -92,14 +92,6 @@ def _sync_executor() -> ThreadPoolExecutor:
         return _sync_pool
 
 
-def _write_from_start(fd: int, data: bytearray) -> None:
-    """Write all of ``data`` into the file ``fd`` from offset 0."""
-    view = memoryview(data)
-    offset = 0
-    while offset < len(view):
-        offset += os.pwrite(fd, view[offset:], offset)
-
-
 def _finish(writer: SpoolWriter, final: Path, fsync: bool) -> BaseException | None:
     try:
         writer._finish(final, fsync=fsync)
@@ -206,7 +198,9 @@ class SpoolWriter:
         if buffer is not None:
             fd = os.open(final, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
             try:
-                _write_from_start(fd, buffer)
+                view = memoryview(buffer)
+                while view:
+                    view = view[os.write(fd, view):]
                 if fsync:
                     os.fsync(fd)
             except BaseException:
