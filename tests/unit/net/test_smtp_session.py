@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import ssl
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -178,25 +179,64 @@ async def _command(
     return await _read_reply(reader)
 
 
+def _converse(
+    services: SmtpServices,
+    client: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[list[str]]],
+    sessions: list[SmtpSession] | None = None,
+    tasks: list[asyncio.Task[Any]] | None = None,
+) -> list[str]:
+    """Serve one session on loopback, run ``client`` against it, return what it returns.
+
+    ``sessions`` and ``tasks`` receive the server side's session and task.
+    """
+    async def main() -> list[str]:
+        server, port = await _serve(services, [] if sessions is None else sessions,
+                                    [] if tasks is None else tasks)
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            try:
+                return await client(reader, writer)
+            finally:
+                writer.close()
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    return asyncio.run(asyncio.wait_for(main(), 30))
+
+
+async def _cancel_session(task: asyncio.Task[Any], reader: asyncio.StreamReader,
+                          writer: asyncio.StreamWriter) -> list[str]:
+    """Cancel the server side's session task; return its last reply and what follows it."""
+    task.cancel()
+    replies = [await _read_reply(reader), (await reader.read()).decode()]
+    writer.close()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    return replies
+
+
+async def _up_to_data(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> list[str]:
+    """Greeting, HELO, MAIL, RCPT and DATA: the replies, ending with the 354."""
+    replies = [await _read_reply(reader)]
+    for line in (b"HELO client.example.net\r\n", b"MAIL FROM:<a@example.net>\r\n",
+                 b"RCPT TO:<b@example.com>\r\n", b"DATA\r\n"):
+        replies.append(await _command(reader, writer, line))
+    return replies
+
+
 def test_silent_client_gets_421_after_the_command_timeout(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     services = _services(tmp_path, _Queue(), command=0.2, data=60)
 
-    async def main() -> list[str]:
-        server, port = await _serve(services, [], [])
-        try:
-            reader, writer = await asyncio.open_connection("127.0.0.1", port)
-            replies = [await _read_reply(reader), await _read_reply(reader)]
-            replies.append((await reader.read()).decode())
-            writer.close()
-            return replies
-        finally:
-            server.close()
-            await server.wait_closed()
+    async def client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> list[str]:
+        replies = [await _read_reply(reader), await _read_reply(reader)]
+        replies.append((await reader.read()).decode())
+        return replies
 
     with caplog.at_level(logging.INFO, logger="pigeon.smtpd"):
-        replies = asyncio.run(asyncio.wait_for(main(), 30))
+        replies = _converse(services, client)
     assert replies == ["220 mx.example.com ESMTP Pigeon",
                        "421 4.4.2 mx.example.com Error: timeout exceeded", ""]
     assert "t.1 timeout after 0 s in state ready" in caplog.text
@@ -209,24 +249,14 @@ def test_data_timeout_shorter_than_the_command_timeout(
     # must still end at its own, nearer, deadline.
     services = _services(tmp_path, _SlowQueue(), command=300, data=0.2)
 
-    async def main() -> list[str]:
-        server, port = await _serve(services, [], [])
-        try:
-            reader, writer = await asyncio.open_connection("127.0.0.1", port)
-            replies = [await _read_reply(reader)]
-            for line in (b"HELO client.example.net\r\n", b"MAIL FROM:<a@example.net>\r\n",
-                         b"RCPT TO:<b@example.com>\r\n", b"DATA\r\n"):
-                replies.append(await _command(reader, writer, line))
-            writer.write(b"Subject: half a message\r\n")
-            replies.append(await _read_reply(reader))
-            writer.close()
-            return replies
-        finally:
-            server.close()
-            await server.wait_closed()
+    async def client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> list[str]:
+        replies = await _up_to_data(reader, writer)
+        writer.write(b"Subject: half a message\r\n")
+        replies.append(await _read_reply(reader))
+        return replies
 
     with caplog.at_level(logging.INFO, logger="pigeon.smtpd"):
-        replies = asyncio.run(asyncio.wait_for(main(), 30))
+        replies = _converse(services, client)
     assert replies == [
         "220 mx.example.com ESMTP Pigeon",
         "250 mx.example.com",
@@ -252,25 +282,15 @@ def test_a_slow_enqueue_is_not_cut_by_the_read_timeout(
 
     monkeypatch.setattr(SmtpSession, "_on_timer", on_timer_then_release)
 
-    async def main() -> list[str]:
-        server, port = await _serve(services, [], [])
-        try:
-            reader, writer = await asyncio.open_connection("127.0.0.1", port)
-            replies = [await _read_reply(reader)]
-            for line in (b"HELO client.example.net\r\n", b"MAIL FROM:<a@example.net>\r\n",
-                         b"RCPT TO:<b@example.com>\r\n", b"DATA\r\n"):
-                replies.append(await _command(reader, writer, line))
-            writer.write(b"Subject: slow\r\n\r\nbody\r\n.\r\n")
-            replies.append(await _read_reply(reader))
-            replies.append(await _command(reader, writer, b"QUIT\r\n"))
-            writer.close()
-            return replies
-        finally:
-            server.close()
-            await server.wait_closed()
+    async def client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> list[str]:
+        replies = await _up_to_data(reader, writer)
+        writer.write(b"Subject: slow\r\n\r\nbody\r\n.\r\n")
+        replies.append(await _read_reply(reader))
+        replies.append(await _command(reader, writer, b"QUIT\r\n"))
+        return replies
 
     with caplog.at_level(logging.INFO, logger="pigeon.smtpd"):
-        replies = asyncio.run(asyncio.wait_for(main(), 30))
+        replies = _converse(services, client)
     assert replies[-2:] == ["250 2.0.0 Ok: queued as 1M8KGES2S6H8", "221 2.0.0 mx.example.com Bye"]
     assert "timeout" not in caplog.text
 
@@ -280,25 +300,14 @@ def test_cancelled_while_idle_sends_421_shutting_down(tmp_path: Path) -> None:
     tasks: list[asyncio.Task[Any]] = []
     sessions: list[SmtpSession] = []
 
-    async def main() -> list[str]:
-        server, port = await _serve(services, sessions, tasks)
-        try:
-            reader, writer = await asyncio.open_connection("127.0.0.1", port)
-            replies = [await _read_reply(reader)]
-            replies.append(await _command(reader, writer, b"NOOP\r\n"))
-            [task] = tasks
-            task.cancel()  # what the listener does to idle sessions at shutdown
-            replies.append(await _read_reply(reader))
-            replies.append((await reader.read()).decode())
-            writer.close()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-            return replies
-        finally:
-            server.close()
-            await server.wait_closed()
+    async def client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> list[str]:
+        replies = [await _read_reply(reader)]
+        replies.append(await _command(reader, writer, b"NOOP\r\n"))
+        [task] = tasks
+        # What the listener does to idle sessions at shutdown.
+        return replies + await _cancel_session(task, reader, writer)
 
-    replies = asyncio.run(asyncio.wait_for(main(), 30))
+    replies = _converse(services, client, sessions, tasks)
     assert replies == ["220 mx.example.com ESMTP Pigeon", "250 2.0.0 Ok",
                        "421 4.3.2 mx.example.com Service shutting down", ""]
     assert sessions[0]._timer is None
@@ -309,26 +318,14 @@ def test_timeout_and_shutdown_at_once_is_a_shutdown(tmp_path: Path) -> None:
     tasks: list[asyncio.Task[Any]] = []
     sessions: list[SmtpSession] = []
 
-    async def main() -> list[str]:
-        server, port = await _serve(services, sessions, tasks)
-        try:
-            reader, writer = await asyncio.open_connection("127.0.0.1", port)
-            replies = [await _read_reply(reader)]
-            [task], [session] = tasks, sessions
-            assert session._deadline is not None  # waiting for a command
-            session._deadline = 0.0  # as if 300 s had passed: the next firing times out
-            session._on_timer()
-            task.cancel()
-            replies.append(await _read_reply(reader))
-            replies.append((await reader.read()).decode())
-            writer.close()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-            return replies
-        finally:
-            server.close()
-            await server.wait_closed()
+    async def client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> list[str]:
+        replies = [await _read_reply(reader)]
+        [task], [session] = tasks, sessions
+        assert session._deadline is not None  # waiting for a command
+        session._deadline = 0.0  # as if 300 s had passed: the next firing times out
+        session._on_timer()
+        return replies + await _cancel_session(task, reader, writer)
 
-    replies = asyncio.run(asyncio.wait_for(main(), 30))
+    replies = _converse(services, client, sessions, tasks)
     assert replies == ["220 mx.example.com ESMTP Pigeon",
                        "421 4.3.2 mx.example.com Service shutting down", ""]
