@@ -91,7 +91,7 @@ _DUE_INDEX = ("CREATE INDEX IF NOT EXISTS recipient_due_order"
 
 _STATES = frozenset({"queued", "deferred", "held", "delivered", "failed", "expired"})
 _ACTIVE_STATES = ("queued", "deferred")
-_ACTIVE = "('queued', 'deferred')"
+_ACTIVE = "(" + ", ".join(f"'{state}'" for state in _ACTIVE_STATES) + ")"  # for SQL IN
 _FINAL = "('delivered', 'failed', 'expired')"
 _ROUTES = frozenset({"local", "remote"})
 _NOTIFY = frozenset({"SUCCESS", "FAILURE", "DELAY"})
