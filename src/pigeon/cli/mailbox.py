@@ -16,7 +16,7 @@ from pathlib import Path
 import click
 
 from pigeon.cli import config_option, load_or_exit
-from pigeon.cli.user import local_domains
+from pigeon.cli.user import local_or_exit
 from pigeon.config import Settings, parse_size
 from pigeon.storage.accounts_port import canonical_mailbox_key
 from pigeon.storage.maildir.store import MaildirStore, maildir_path
@@ -49,7 +49,7 @@ def _open(settings: Settings) -> AccountStore:
     return store
 
 
-def _key_or_exit(settings: Settings, address: str) -> str:
+def _key_or_exit(address: str) -> str:
     try:
         key = canonical_mailbox_key(address)
     except ValueError as exc:
@@ -59,19 +59,6 @@ def _key_or_exit(settings: Settings, address: str) -> str:
         click.echo(f"error: {address!r} is not a mailbox address (local-part@domain)", err=True)
         sys.exit(_USAGE_EXIT)
     return key
-
-
-def _local_or_exit(settings: Settings, store: AccountStore, key: str) -> None:
-    # Local domains: the config's domains.local and those of `pigeon domain add`.
-    domain = key.rpartition("@")[2]
-    domains = local_domains(settings, store)
-    if domain not in domains:
-        click.echo(
-            f"error: {domain} is not a local domain (local: {', '.join(domains) or 'none'}; "
-            f"add it with: pigeon domain add {domain})",
-            err=True,
-        )
-        sys.exit(_USAGE_EXIT)
 
 
 @click.group("mailbox")
@@ -87,7 +74,7 @@ def mailbox_group() -> None:
 def add(address: str, quota: str | None, config_path: Path | None) -> None:
     """Create the mailbox ADDRESS (or set its quota); @DOMAIN makes a catch-all."""
     settings = load_or_exit(config_path)
-    key = _key_or_exit(settings, address)
+    key = _key_or_exit(address)
     quota_bytes: int | None = None
     if quota is not None:
         try:
@@ -100,7 +87,7 @@ def add(address: str, quota: str | None, config_path: Path | None) -> None:
             sys.exit(_USAGE_EXIT)
     store = _open(settings)
     try:
-        _local_or_exit(settings, store, key)
+        local_or_exit(settings, store, key)
         existing = store.get_mailbox(key)
         if existing is not None and existing.from_config:
             click.echo(f"error: {key} is defined in the config file; change it there", err=True)
@@ -118,7 +105,7 @@ def add(address: str, quota: str | None, config_path: Path | None) -> None:
 def delete(address: str, config_path: Path | None) -> None:
     """Remove the mailbox ADDRESS; its mail stays on disk."""
     settings = load_or_exit(config_path)
-    key = _key_or_exit(settings, address)
+    key = _key_or_exit(address)
     store = _open(settings)
     try:
         existing = store.get_mailbox(key)

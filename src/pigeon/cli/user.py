@@ -20,7 +20,7 @@ from pigeon.config import Settings, parse_size
 from pigeon.storage.accounts_port import canonical_mailbox_key
 from pigeon.storage.sqlite.accounts import AccountStore
 
-__all__ = ["local_domains", "open_accounts", "user_group"]
+__all__ = ["local_domains", "local_or_exit", "open_accounts", "user_group"]
 
 _USAGE_EXIT = 2
 _MAX_PASSWORD = 255  # octets; RFC 4616 §2 limits SASL PLAIN fields to 255
@@ -55,7 +55,9 @@ def _address_or_exit(address: str) -> str:
     return key
 
 
-def _local_or_exit(settings: Settings, store: AccountStore, key: str) -> None:
+def local_or_exit(settings: Settings, store: AccountStore, key: str) -> None:
+    """Exit with status 2 and a message unless ``key``'s domain is local (config or
+    ``pigeon domain add``)."""
     domain = key.rpartition("@")[2]
     domains = local_domains(settings, store)
     if domain not in domains:
@@ -115,7 +117,7 @@ def add(address: str, password_stdin: bool, quota: str | None, config_path: Path
             sys.exit(_USAGE_EXIT)
     store = open_accounts(settings)
     try:
-        _local_or_exit(settings, store, key)
+        local_or_exit(settings, store, key)
         existing = store.get_mailbox(key)
         if existing is not None and existing.has_password:
             click.echo(f"error: user {key} exists; change the password with: "
