@@ -7,6 +7,7 @@ Usage::
     python -m bench --list          # what there is
     python -m bench accept --runs 5 --skip postfix
     python -m bench accept --scale 0.1   # a quick try with a tenth of the messages
+    python -m bench accept --ext4-image 4G   # on a fresh ext4 (root: loop mount)
 
 Each benchmark prints the machine, a table per metric (every run, the median, the ratio
 to Pigeon) and the ratios it is judged by, and writes the same as JSON to
@@ -16,13 +17,22 @@ to Pigeon) and the ratios it is judged by, and writes the same as JSON to
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import sys
 from pathlib import Path
 from typing import Any
 
-from bench.common import BenchContext, BenchError, machine_info, print_machine, workdir
 from rich.console import Console
+
+from bench.common import (
+    BenchContext,
+    BenchError,
+    ext4_image,
+    machine_info,
+    print_machine,
+    workdir,
+)
 
 #: Benchmark name -> module. A module defines NAME, SUMMARY and
 #: ``run(ctx: BenchContext, machine: dict | None) -> Report``.
@@ -52,6 +62,9 @@ def _parser() -> argparse.ArgumentParser:
                         help="leave a server out, e.g. --skip postfix (repeatable)")
     parser.add_argument("--workdir", type=Path, default=None,
                         help="parent of the temporary data directories (default: system temp)")
+    parser.add_argument("--ext4-image", metavar="SIZE", default=None,
+                        help="run on a fresh ext4 (mkfs defaults) in a loop-mounted image of "
+                             "SIZE, e.g. 4G, made in --workdir (needs root)")
     parser.add_argument("--keep", action="store_true",
                         help="keep the data directories and server logs")
     return parser
@@ -75,11 +88,26 @@ def main(argv: list[str] | None = None) -> int:
     if args.runs < 1 or args.scale <= 0:
         console.print("[red]--runs must be at least 1 and --scale above 0[/red]")
         return 2
+    if args.ext4_image is not None and args.keep:
+        console.print("[red]--keep cannot keep a loop-mounted image; leave one out[/red]")
+        return 2
+    with contextlib.ExitStack() as stack:
+        parent = args.workdir
+        if args.ext4_image is not None:
+            try:
+                parent = stack.enter_context(ext4_image(args.workdir, args.ext4_image))
+            except BenchError as exc:
+                console.print(f"[red]{exc}[/red]")
+                return 2
+        return _run_all(args, console, parent)
+
+
+def _run_all(args: argparse.Namespace, console: Console, parent: Path | None) -> int:
     status = 0
     machine: dict[str, Any] | None = None
     for name in args.names or list(BENCHMARKS):
         module = _load(name)
-        with workdir(args.workdir, name, args.keep) as path:
+        with workdir(parent, name, args.keep) as path:
             if machine is None:
                 machine = machine_info(path)
                 print_machine(console, machine)

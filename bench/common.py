@@ -11,7 +11,9 @@ A benchmark module (see ``bench/accept.py``) builds on these pieces:
 - :func:`wait_until`, :func:`count_files`: bounded polling (end-to-end delivery);
 - :class:`Report`: rich tables of msgs/s per server with the median of the runs and the
   ratios, and the JSON file in ``bench/results/``;
-- :func:`machine_info`: cores, Python, uvloop, kernel, filesystem and its fsync latency.
+- :func:`machine_info`: cores, Python, uvloop, kernel, filesystem, its fsync latency and
+  the cost of a file creation;
+- :func:`ext4_image`: a fresh journaled ext4 in a loop-mounted image, for ``--ext4-image``.
 
 Everything listens on 127.0.0.1, every count is bounded and every wait has a deadline.
 """
@@ -53,6 +55,8 @@ __all__ = [
     "Series",
     "SourceRun",
     "count_files",
+    "create_latency",
+    "ext4_image",
     "free_port",
     "fsync_latency",
     "machine_info",
@@ -492,6 +496,72 @@ def fsync_latency(directory: Path, samples: int = 50) -> float:
     return statistics.median(times)
 
 
+def create_latency(directory: Path, samples: int = 200) -> float:
+    """Median seconds to create an empty file (open with O_CREAT|O_EXCL, then close).
+
+    Every queued message costs a server at least one file creation. On ext4 without a
+    journal the kernel checks each free inode it considers against recent deletions, and
+    after many deletions a creation can cost a millisecond of CPU: this shows it.
+
+    Args:
+        directory: where the probe files are made (in a ``create-probe`` subdirectory,
+            left there like the fsync probe's).
+        samples: files to create.
+
+    Returns:
+        The median, in seconds.
+    """
+    probe = Path(tempfile.mkdtemp(prefix="create-probe-", dir=directory))
+    times = []
+    for i in range(samples):
+        start = time.perf_counter()
+        os.close(os.open(probe / str(i), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+@contextlib.contextmanager
+def ext4_image(parent: Path | None, size: str) -> Iterator[Path]:
+    """A fresh ext4 file system (mkfs defaults, with its journal) in a loop-mounted image.
+
+    The benchmarks then measure every server on the file system a Debian install gets by
+    default, whatever the work directory's own file system is (see bench/README.md).
+    Needs root, ``mkfs.ext4`` and a free loop device. The image is unmounted and removed
+    afterwards.
+
+    Args:
+        parent: where the image file goes (default: the system temp directory).
+        size: the image size for ``truncate -s``, e.g. ``"4G"`` (sparse).
+
+    Yields:
+        The mount point.
+
+    Raises:
+        BenchError: not root, or making or mounting the file system failed.
+    """
+    if os.geteuid() != 0:
+        raise BenchError("--ext4-image needs root (it mounts a loop device)")
+    scratch = Path(tempfile.mkdtemp(prefix="pigeon-bench-ext4-", dir=parent))
+    scratch.chmod(0o755)  # Postfix's daemons, running as other users, go through it
+    image, mount_point = scratch / "fs.img", scratch / "mnt"
+    mount_point.mkdir()
+    mounted = False
+    try:
+        for argv in (["truncate", "-s", size, str(image)],
+                     ["mkfs.ext4", "-q", "-F", str(image)],
+                     ["mount", "-o", "loop", str(image), str(mount_point)]):
+            done = subprocess.run(argv, capture_output=True, text=True, check=False)
+            if done.returncode != 0:
+                raise BenchError(f"{' '.join(argv)}: {done.stderr.strip() or done.returncode}")
+        mounted = True
+        mount_point.chmod(0o755)
+        yield mount_point
+    finally:
+        if mounted:
+            subprocess.run(["umount", str(mount_point)], capture_output=True, check=False)
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
 def _mount_of(path: Path) -> str:
     """``device fstype options`` of the filesystem holding ``path``, from /proc/mounts."""
     best = ("", "")
@@ -572,6 +642,7 @@ def machine_info(workdir: Path) -> dict[str, Any]:
         "pigeon_commit": None if commit is None else commit + ("+changes" if dirty else ""),
         "filesystem": _mount_of(workdir),
         "fsync_latency_seconds": fsync_latency(workdir),
+        "create_latency_seconds": create_latency(workdir),
     }
 
 
@@ -594,6 +665,8 @@ def print_machine(console: Console, info: dict[str, Any]) -> None:
         ("filesystem", info["filesystem"]),
         ("fsync", f"{info['fsync_latency_seconds'] * 1000:.2f} ms median "
                   "(write 4 KiB + fsync file + fsync directory)"),
+        ("file creation", f"{info['create_latency_seconds'] * 1e6:.0f} µs median "
+                          "(empty file, no fsync)"),
     ]
     for key, value in rows:
         table.add_row(key, str(value))
