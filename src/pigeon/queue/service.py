@@ -161,6 +161,12 @@ class QueueService:
         self.recovery: RecoveryReport | None = None
         self._store = store
         self._scheduler: Scheduler | None = None
+        self._placing: list[_Pending] = []
+        self._placing_event: asyncio.Event | None = None
+        self._placer: asyncio.Task[None] | None = None
+        self._place_thread: ThreadPoolExecutor | None = None
+        self._placed_all = False
+        self._unplaced = 0  # enqueues whose spool file is not yet in queue/
         self._pending: list[_Pending] = []
         self._writes: list[_StoreWrite] = []
         self._pending_event: asyncio.Event | None = None
@@ -233,8 +239,12 @@ class QueueService:
             write=self.write,
         )
         self._closing = False
+        self._placed_all = False
+        self._placing_event = asyncio.Event()
         self._pending_event = asyncio.Event()
+        self._place_thread = ThreadPoolExecutor(1, thread_name_prefix="queue-place")
         self._commit_thread = ThreadPoolExecutor(1, thread_name_prefix="queue-commit")
+        self._placer = asyncio.create_task(self._place_loop(), name="queue placer")
         self._committer = asyncio.create_task(self._commit_loop(), name="queue committer")
         if scheduler:
             self._loop_task = asyncio.create_task(self._scheduler.run(), name="queue scheduler")
@@ -252,13 +262,19 @@ class QueueService:
                               _DEFAULT_SHUTDOWN_GRACE))
         await self.scheduler.drain(grace)
         self._closing = True
-        assert self._pending_event is not None
+        assert self._placing_event is not None and self._pending_event is not None
+        self._placing_event.set()
+        if self._placer is not None:
+            await self._placer
+            self._placer = None
+        self._placed_all = True
         self._pending_event.set()
         await self._committer
         self._committer = None
-        if self._commit_thread is not None:
-            self._commit_thread.shutdown()
-            self._commit_thread = None
+        for executor in (self._place_thread, self._commit_thread):
+            if executor is not None:
+                executor.shutdown()
+        self._place_thread = self._commit_thread = None
         if self._store is not None:
             await asyncio.to_thread(self._store.close)
             self._store = None
@@ -321,7 +337,7 @@ class QueueService:
             ReplyError: routing or storage failed; ``reply`` is a ``451 4.3.0`` to send.
                 The spool file is removed: nothing was acknowledged.
         """
-        if self._committer is None or self._pending_event is None or self._closing:
+        if self._committer is None or self._placing_event is None or self._closing:
             spool.abort()
             raise RuntimeError("the queue service is not running")
         if not envelope.recipients:
@@ -355,8 +371,9 @@ class QueueService:
             recipients=recipients,
         )
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending.append(_Pending(message, spool, future))
-        self._pending_event.set()
+        self._placing.append(_Pending(message, spool, future))
+        self._unplaced += 1
+        self._placing_event.set()
         # Shielded: if the caller goes away, the commit still completes consistently.
         await asyncio.shield(future)
         log.info("%s: queued from=<%s> size=%d nrcpt=%d%s", message.queue_id,
@@ -458,15 +475,57 @@ class QueueService:
 
     # -- group commit ----------------------------------------------------------------------------
 
+    async def _place_loop(self) -> None:
+        """First stage of the group commit: write the new spool files into ``queue/``.
+
+        It runs in its own thread, so the files of the next batch are written while the
+        commit thread syncs and indexes the previous one (:meth:`_commit_batch`). A
+        placed file has no index row and is not yet durable: nobody has been told
+        ``250`` for it, and should the process die now, recovery moves it aside as never
+        acknowledged. A file that cannot be written fails its own enqueue alone.
+        """
+        assert self._placing_event is not None and self._pending_event is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._placing_event.wait()
+            self._placing_event.clear()
+            batch, self._placing = self._placing, []
+            if not batch:
+                if self._closing:
+                    return
+                continue
+            try:
+                errors = await loop.run_in_executor(
+                    self._place_thread, self.spool.place, [item.writer for item in batch]
+                )
+            except BaseException as exc:  # the thread itself failed: fail the whole batch
+                log.exception("queue spool write failed")
+                errors = [exc] * len(batch)
+                for item in batch:
+                    item.writer.abort()
+            self._unplaced -= len(batch)
+            for item, error in zip(batch, errors, strict=True):
+                if error is None:
+                    self._pending.append(item)
+                elif not item.future.done():
+                    item.future.set_exception(ReplyError(QUEUE_WRITE_FAILED))
+            self._pending_event.set()
+            if self._closing:
+                self._placing_event.set()
+
     async def _commit_loop(self) -> None:
         assert self._pending_event is not None
         while True:
             await self._pending_event.wait()
             self._pending_event.clear()
+            if not self._pending and self._unplaced and not self._placed_all:
+                # Index writes wait for the enqueues being placed (one batch at most) and
+                # share their transaction and sync: fewer commits under load.
+                continue
             batch, self._pending = self._pending, []
             writes, self._writes = self._writes, []
             if not batch and not writes:
-                if self._closing:
+                if self._placed_all:
                     return
                 continue
             scheduler = self._scheduler
@@ -503,7 +562,7 @@ class QueueService:
                     write.future.set_result(value)
                 else:
                     write.future.set_exception(value)
-            if self._closing:
+            if self._placed_all:
                 self._pending_event.set()
 
     def _commit_batch(
@@ -511,11 +570,13 @@ class QueueService:
     ) -> tuple[list[BaseException | None], list[tuple[bool, Any]]]:
         """Group commit, in the commit thread.
 
-        The new spool files go into ``queue/``; then ONE index transaction holds the new
-        messages and the scheduler's writes. Durability, two ways:
+        The batch's spool files are already in ``queue/`` (:meth:`_place_loop`; with
+        fsync, each file was fsynced there); ONE index transaction holds the new messages
+        and the scheduler's writes. Durability, two ways:
 
-        - the spool is synced first (an fsync per file and one of ``queue/``, or one
-          syncfs), then the transaction commits with ``synchronous=FULL``;
+        - the spool is synced first (one fsync of ``queue/``, or one syncfs), then the
+          transaction commits with ``synchronous=FULL``; if that sync fails, the batch's
+          files are removed and its enqueues fail;
         - when the spool syncs with syncfs and the index lives on the same file system,
           the transaction commits with ``synchronous=NORMAL`` (its log written, not yet
           flushed) and ONE syncfs afterwards makes the spool files and the index durable
@@ -527,11 +588,14 @@ class QueueService:
             An error (or None) per enqueue, and ``(ok, result or exception)`` per write.
         """
         sync_after = bool(batch) and self._index_on_spool_fs
-        if batch:
-            writers = [item.writer for item in batch]
-            errors = self.spool.place(writers) if sync_after else self.spool.commit(writers)
-        else:
-            errors = []
+        errors: list[BaseException | None] = [None] * len(batch)
+        if batch and not sync_after:
+            try:
+                self.spool.sync()
+            except OSError as exc:
+                for i, item in enumerate(batch):
+                    self.spool.discard(item.message.queue_id)
+                    errors[i] = exc
         ready = [item.message for item, error in zip(batch, errors, strict=True) if error is None]
         durable = not sync_after and (bool(ready) or any(w.durable for w in writes))
         insert_error: Exception | None = None

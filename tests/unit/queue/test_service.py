@@ -82,6 +82,60 @@ async def test_enqueues_during_a_commit_form_the_next_batch(harness: Harness) ->
     assert len(store.queue_ids()) == 6
 
 
+async def test_the_next_batch_is_placed_while_one_commits(harness: Harness) -> None:
+    store, spool = harness.store, harness.service.spool
+    insert, place = store.insert, spool.place
+    loop = asyncio.get_running_loop()
+    committing, placed, gate = asyncio.Event(), asyncio.Event(), asyncio.Event()
+    placed_sizes: list[int] = []
+
+    def slow_insert(messages: Any) -> None:
+        if not committing.is_set():
+            loop.call_soon_threadsafe(committing.set)
+            asyncio.run_coroutine_threadsafe(gate.wait(), loop).result()
+        insert(messages)
+
+    def recording_place(writers: Any) -> Any:
+        errors = place(writers)
+        placed_sizes.append(len(writers))
+        if len(placed_sizes) == 2:
+            loop.call_soon_threadsafe(placed.set)
+        return errors
+
+    store.insert = slow_insert
+    spool.place = recording_place  # type: ignore[method-assign]
+    first = asyncio.create_task(harness.send())
+    await asyncio.wait_for(committing.wait(), 30)
+    later = [asyncio.create_task(harness.send()) for _ in range(3)]
+    try:
+        await asyncio.wait_for(placed.wait(), 30)  # a deadline, not a timing
+        # The first batch is still committing; the next one's files are already in
+        # queue/, with no index row yet, and nobody has been answered.
+        assert placed_sizes == [1, 3]
+        assert len(os.listdir(harness.data_dir / "spool" / "queue")) == 4
+        assert store.queue_ids() == []
+        assert not any(task.done() for task in [first, *later])
+    finally:
+        gate.set()
+    ids = await asyncio.gather(first, *later)
+    assert store.queue_ids() == sorted(ids)
+
+
+@pytest.mark.server_sync("fsync")
+async def test_failed_directory_fsync_fails_the_whole_batch(
+        harness: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    def fsync_directory(path: Path) -> None:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(spool_module, "fsync_directory", fsync_directory)
+    results = await asyncio.gather(*(harness.send() for _ in range(3)), return_exceptions=True)
+    assert [str(r.reply) for r in results if isinstance(r, ReplyError)] == [
+        "451 4.3.0 Requested action aborted: error in queue storage"] * 3
+    spool = harness.data_dir / "spool"
+    assert (os.listdir(spool / "tmp"), os.listdir(spool / "queue")) == ([], [])
+    assert harness.store.queue_ids() == []
+
+
 def record_fsyncs(monkeypatch: pytest.MonkeyPatch, events: list[tuple[str, str]]) -> None:
     """Append ("fsync", path) to ``events`` for every os.fsync, then do it."""
     real_fsync = os.fsync
