@@ -11,16 +11,20 @@ writes the Received header and the content into it (kept in memory up to 64 KiB,
 forward-path through the router (aliases, subaddresses; one row per final address) and
 hands the message to the *committer*.
 
-*Group commit.* A single committer task takes every enqueue waiting at that moment, and
-every index write the scheduler asked for (:meth:`QueueService.write`), as one batch and,
-in its own thread: puts each spool file into ``spool/queue/``, makes them durable, and
-writes all the batch's rows in ONE SQLite transaction; see :meth:`_commit_batch` for the
-two orders (fsync per file, then a ``synchronous=FULL`` commit; or a ``NORMAL`` commit
-followed by one syncfs that covers files and index). Only then are the waiting enqueues
-answered, so ``250`` after DATA means file, name and index are all on stable storage (RFC
-5321 §4.1.1.4, §6.1: the server takes responsibility for the message once it says OK).
-Enqueues arriving while a batch is being written form the next batch: concurrent sessions
-share one sync. Each committed message is then offered to the scheduler from memory.
+*Group commit*, in two stages with a thread each. The *placer* takes every enqueue
+waiting at that moment and writes their spool files into ``spool/queue/`` (not yet
+durable, no index row). The *committer* then takes every placed enqueue, and every index
+write the scheduler asked for (:meth:`QueueService.write`), as one batch: it makes the
+files durable and writes all the batch's rows in ONE SQLite transaction; see
+:meth:`_commit_batch` for the two orders (fsync per file, then a ``synchronous=FULL``
+commit; or a ``NORMAL`` commit followed by one syncfs that covers files and index). Only
+then are the waiting enqueues answered, so ``250`` after DATA means file, name and index
+are all on stable storage (RFC 5321 §4.1.1.4, §6.1: the server takes responsibility for
+the message once it says OK). While one batch commits, the next is placed: concurrent
+sessions share one sync. A failed sync also fails every enqueue whose file was being
+written while it ran (the kernel reports a write-back error once: the next sync may
+succeed although those pages were lost). Each committed message is then offered to the
+scheduler from memory.
 
 *Recovery* (:meth:`QueueService.start`). The index is the truth. Every non-final recipient
 is resumed at its recorded ``next_attempt_at``. Unusable entries are moved into
@@ -41,6 +45,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import fcntl
 import logging
 import os
@@ -114,6 +119,8 @@ class _Pending:
     message: QueuedMessage
     writer: SpoolWriter
     future: asyncio.Future[None]
+    # QueueService._sync_failures when its file began to be written (see _commit_batch).
+    sync_generation: int = 0
 
 
 @dataclass(slots=True)
@@ -167,6 +174,7 @@ class QueueService:
         self._place_thread: ThreadPoolExecutor | None = None
         self._placed_all = False
         self._unplaced = 0  # enqueues whose spool file is not yet in queue/
+        self._sync_failures = 0  # failed spool syncs so far (changed in the commit thread)
         self._pending: list[_Pending] = []
         self._writes: list[_StoreWrite] = []
         self._pending_event: asyncio.Event | None = None
@@ -494,15 +502,28 @@ class QueueService:
                 if self._closing:
                     return
                 continue
+            generation = self._sync_failures
+            for item in batch:
+                item.sync_generation = generation
+            errors: list[BaseException | None]
             try:
                 errors = await loop.run_in_executor(
                     self._place_thread, self.spool.place, [item.writer for item in batch]
                 )
-            except BaseException as exc:  # the thread itself failed: fail the whole batch
-                log.exception("queue spool write failed")
-                errors = [exc] * len(batch)
+            except asyncio.CancelledError:
+                self._unplaced -= len(batch)
                 for item in batch:
-                    item.writer.abort()
+                    if not item.future.done():
+                        item.future.set_exception(ReplyError(QUEUE_WRITE_FAILED))
+                raise
+            except Exception as exc:  # place() itself failed: fail the whole batch
+                log.exception("queue spool write failed (%d messages)", len(batch))
+                errors = [exc] * len(batch)
+                for item in batch:  # nobody was answered: take back what was written
+                    with contextlib.suppress(Exception):
+                        item.writer.abort()
+                    with contextlib.suppress(Exception):
+                        self.spool.discard(item.message.queue_id)
             self._unplaced -= len(batch)
             for item, error in zip(batch, errors, strict=True):
                 if error is None:
@@ -587,15 +608,23 @@ class QueueService:
         Returns:
             An error (or None) per enqueue, and ``(ok, result or exception)`` per write.
         """
-        sync_after = bool(batch) and self._index_on_spool_fs
         errors: list[BaseException | None] = [None] * len(batch)
-        if batch and not sync_after:
+        for i, item in enumerate(batch):
+            if item.sync_generation != self._sync_failures:
+                # Written while a sync failed: that sync may have taken (and reported)
+                # this file's write-back error, so a later successful sync proves nothing.
+                self.spool.discard(item.message.queue_id)
+                errors[i] = OSError(errno.EIO, "spool sync failed while the file was written")
+        sync_after = self._index_on_spool_fs and any(e is None for e in errors)
+        if not sync_after and any(e is None for e in errors):
             try:
                 self.spool.sync()
             except OSError as exc:
+                self._sync_failures += 1
                 for i, item in enumerate(batch):
-                    self.spool.discard(item.message.queue_id)
-                    errors[i] = exc
+                    if errors[i] is None:
+                        self.spool.discard(item.message.queue_id)
+                        errors[i] = exc
         ready = [item.message for item, error in zip(batch, errors, strict=True) if error is None]
         durable = not sync_after and (bool(ready) or any(w.durable for w in writes))
         insert_error: Exception | None = None
@@ -621,6 +650,7 @@ class QueueService:
             try:
                 self.spool.sync()
             except OSError as exc:
+                self._sync_failures += 1
                 # Nothing of this batch is known durable: refuse its messages (taking their
                 # rows out again) and fail the writes that needed durability.
                 if ready and insert_error is None:

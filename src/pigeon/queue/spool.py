@@ -15,9 +15,9 @@ Layout under ``<data_dir>/spool/``:
 
 Theory of operation for one message: :meth:`Spool.open` gives a new queue id and a
 :class:`SpoolWriter`; the caller writes the Received header and the content. Up to
-:data:`MEMORY_LIMIT` bytes the content stays in memory, and the commit thread writes it
-straight to ``queue/<queue id>`` (``O_EXCL``, mode 0600); beyond that it spills into
-``tmp/<queue id>`` as it arrives and the commit renames that file into ``queue/``. A crash
+:data:`MEMORY_LIMIT` bytes the content stays in memory, and the queue's placing thread
+writes it straight to ``queue/<queue id>`` (``O_EXCL``, mode 0600); beyond that it spills into
+``tmp/<queue id>`` as it arrives and that thread renames the file into ``queue/``. A crash
 before the index commit can leave a file in ``queue/`` without an index row: it was never
 acknowledged, and recovery moves it to ``corrupt/``. :meth:`Spool.commit` (for a whole
 batch of writers at once) makes the files and their names durable, then the index rows
@@ -104,7 +104,7 @@ class SpoolWriter:
     """A message being written to the spool.
 
     The content is kept in memory while it is at most :data:`MEMORY_LIMIT` bytes; the
-    commit then writes it straight to ``queue/<queue id>`` in the commit thread, so a
+    commit then writes it straight to ``queue/<queue id>`` in the queue's placing thread, so a
     typical message costs the session no file system call at all. A larger message spills
     to ``tmp/<queue id>`` as it arrives, and the commit moves that file into ``queue/``.
 
@@ -185,7 +185,7 @@ class SpoolWriter:
                 pass
 
     def _finish(self, final: Path, *, fsync: bool) -> None:
-        """Put the content at ``final`` (in the commit thread); fsync it when asked.
+        """Put the content at ``final`` (in the placing thread); fsync it when asked.
 
         Raises:
             FileExistsError: ``final`` exists already (never overwritten).

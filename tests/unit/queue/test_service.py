@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import sqlite3
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -134,6 +135,111 @@ async def test_failed_directory_fsync_fails_the_whole_batch(
     spool = harness.data_dir / "spool"
     assert (os.listdir(spool / "tmp"), os.listdir(spool / "queue")) == ([], [])
     assert harness.store.queue_ids() == []
+
+
+async def sync_fails_while_the_next_batch_is_written(
+        harness: Harness, monkeypatch: pytest.MonkeyPatch, target: Any, name: str,
+        ) -> tuple[object, object]:
+    """Batch A's sync runs while batch B's file is written, and fails on B's page.
+
+    The fake sync models the kernel: it writes back every file of queue/ not yet written
+    back and reports a failed write-back ONCE, so a later sync succeeds although B's data
+    is lost. Returns what A's and B's enqueues gave.
+    """
+    service = harness.service
+    queue_dir = service.spool.queue_dir
+    written_back: set[str] = set()
+    bad: set[str] = set()
+    syncs = 0
+    loop = asyncio.get_running_loop()
+    in_first_sync = asyncio.Event()
+    b_placed = threading.Event()
+
+    def sync(*args: Any) -> None:
+        nonlocal syncs
+        syncs += 1
+        if syncs == 1:
+            loop.call_soon_threadsafe(in_first_sync.set)
+            assert b_placed.wait(30), "B was not written while A's sync ran"
+        dirty = set(os.listdir(queue_dir)) - written_back
+        written_back.update(dirty)
+        if dirty & bad:
+            raise OSError(5, "Input/output error")
+
+    place = service.spool.place
+
+    def recording_place(writers: Any) -> Any:
+        errors = place(writers)
+        if any(w.queue_id in bad for w in writers):
+            b_placed.set()
+        return errors
+
+    monkeypatch.setattr(target, name, sync)
+    service.spool.place = recording_place  # type: ignore[method-assign]
+    a = asyncio.create_task(service.enqueue_bytes(envelope(), CONTENT))
+    await asyncio.wait_for(in_first_sync.wait(), 30)
+    writer_b = service.open_spool()
+    writer_b.write(CONTENT)
+    bad.add(writer_b.queue_id)
+    b = asyncio.create_task(service.enqueue(envelope(), writer_b))
+    result_a, result_b = await asyncio.gather(a, b, return_exceptions=True)
+    assert (os.listdir(queue_dir), harness.store.queue_ids()) == ([], [])
+    return result_a, result_b
+
+
+FAILED = "451 4.3.0 Requested action aborted: error in queue storage"
+
+
+@pytest.mark.skipif(not syncfs_available(), reason="syncfs(2) needs Linux 5.17+")
+@pytest.mark.server_sync("syncfs")
+async def test_a_failed_syncfs_fails_the_files_written_while_it_ran(
+        harness: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    results = await sync_fails_while_the_next_batch_is_written(
+        harness, monkeypatch, durability, "sync_filesystem")
+    assert [str(r.reply) if isinstance(r, ReplyError) else r for r in results] == [
+        FAILED, FAILED]
+
+
+@pytest.mark.server_sync("fsync")
+async def test_a_failed_directory_fsync_fails_the_files_written_while_it_ran(
+        harness: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    results = await sync_fails_while_the_next_batch_is_written(
+        harness, monkeypatch, spool_module, "fsync_directory")
+    assert [str(r.reply) if isinstance(r, ReplyError) else r for r in results] == [
+        FAILED, FAILED]
+
+
+@pytest.mark.server_sync("fsync")
+async def test_a_failing_place_takes_its_files_back_and_the_queue_goes_on(
+        harness: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    service = harness.service
+    real_finish, real_abort = spool_module._finish, spool_module.SpoolWriter.abort
+    writers = []
+    for _ in range(3):
+        writer = service.open_spool()
+        writer.write(CONTENT)
+        writers.append(writer)
+
+    def finish(writer: Any, final: Path, fsync: bool) -> Any:
+        if writer is writers[1]:
+            raise MemoryError  # not a per-file error: place() itself fails
+        return real_finish(writer, final, fsync)
+
+    def abort(self: Any) -> None:
+        real_abort(self)
+        raise OSError(30, "Read-only file system")
+
+    monkeypatch.setattr(spool_module, "_finish", finish)
+    monkeypatch.setattr(spool_module.SpoolWriter, "abort", abort)
+    results = await asyncio.gather(*(service.enqueue(envelope(), w) for w in writers),
+                                   return_exceptions=True)
+    assert [str(r.reply) if isinstance(r, ReplyError) else r for r in results] == [FAILED] * 3
+    assert os.listdir(harness.data_dir / "spool" / "queue") == []
+    monkeypatch.undo()
+    # The placer is still there: index writes and enqueues go on.
+    assert await service.write(lambda: 42, False) == 42
+    queue_id = await harness.send()
+    assert harness.store.queue_ids() == [queue_id]
 
 
 def record_fsyncs(monkeypatch: pytest.MonkeyPatch, events: list[tuple[str, str]]) -> None:
