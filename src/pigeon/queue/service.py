@@ -21,10 +21,16 @@ commit; or a ``NORMAL`` commit followed by one syncfs that covers files and inde
 then are the waiting enqueues answered, so ``250`` after DATA means file, name and index
 are all on stable storage (RFC 5321 §4.1.1.4, §6.1: the server takes responsibility for
 the message once it says OK). While one batch commits, the next is placed: concurrent
-sessions share one sync. A failed sync also fails every enqueue whose file was being
-written while it ran (the kernel reports a write-back error once: the next sync may
-succeed although those pages were lost). Each committed message is then offered to the
-scheduler from memory.
+sessions share one sync. Each committed message is then offered to the scheduler from
+memory.
+
+*A failed sync stops the queue taking mail* (fail-stop, as PostgreSQL does since its
+"fsyncgate"). The kernel reports a write-back error once, to one sync, and marks the lost
+pages clean: a later sync succeeds although pages of files written before it (the next
+batch's spool files, a large message already spilled to ``tmp/``, the index's log) never
+reached the disk. So after the first failed sync every enqueue is refused with ``451``
+and every write that must be durable fails, until Pigeon is restarted and recovery reads
+the disk again. Nothing acknowledged before is affected.
 
 *Recovery* (:meth:`QueueService.start`). The index is the truth. Every non-final recipient
 is resumed at its recorded ``next_attempt_at``. Unusable entries are moved into
@@ -119,8 +125,6 @@ class _Pending:
     message: QueuedMessage
     writer: SpoolWriter
     future: asyncio.Future[None]
-    # QueueService._sync_failures when its file began to be written (see _commit_batch).
-    sync_generation: int = 0
 
 
 @dataclass(slots=True)
@@ -174,7 +178,8 @@ class QueueService:
         self._place_thread: ThreadPoolExecutor | None = None
         self._placed_all = False
         self._unplaced = 0  # enqueues whose spool file is not yet in queue/
-        self._sync_failures = 0  # failed spool syncs so far (changed in the commit thread)
+        # The first failed spool sync; from then on the queue refuses (see _commit_batch).
+        self._sync_failure: OSError | None = None
         self._pending: list[_Pending] = []
         self._writes: list[_StoreWrite] = []
         self._pending_event: asyncio.Event | None = None
@@ -502,9 +507,6 @@ class QueueService:
                 if self._closing:
                     return
                 continue
-            generation = self._sync_failures
-            for item in batch:
-                item.sync_generation = generation
             errors: list[BaseException | None]
             try:
                 errors = await loop.run_in_executor(
@@ -597,7 +599,7 @@ class QueueService:
 
         - the spool is synced first (one fsync of ``queue/``, or one syncfs), then the
           transaction commits with ``synchronous=FULL``; if that sync fails, the batch's
-          files are removed and its enqueues fail;
+          files are removed, its enqueues fail, and so does every later one (fail-stop);
         - when the spool syncs with syncfs and the index lives on the same file system,
           the transaction commits with ``synchronous=NORMAL`` (its log written, not yet
           flushed) and ONE syncfs afterwards makes the spool files and the index durable
@@ -609,22 +611,26 @@ class QueueService:
             An error (or None) per enqueue, and ``(ok, result or exception)`` per write.
         """
         errors: list[BaseException | None] = [None] * len(batch)
-        for i, item in enumerate(batch):
-            if item.sync_generation != self._sync_failures:
-                # Written while a sync failed: that sync may have taken (and reported)
-                # this file's write-back error, so a later successful sync proves nothing.
-                self.spool.discard(item.message.queue_id)
-                errors[i] = OSError(errno.EIO, "spool sync failed while the file was written")
-        sync_after = self._index_on_spool_fs and any(e is None for e in errors)
-        if not sync_after and any(e is None for e in errors):
+        refused: OSError | None = None
+        if self._sync_failure is not None:  # fail-stop: see the module docstring
+            refused = OSError(errno.EIO, f"an earlier spool sync failed "
+                                         f"({self._sync_failure}); restart Pigeon")
+            for i, item in enumerate(batch):
+                with contextlib.suppress(OSError):
+                    self.spool.discard(item.message.queue_id)
+                errors[i] = refused
+            if batch:
+                log.error("queue: refused %d messages: %s", len(batch), refused)
+        sync_after = self._index_on_spool_fs and refused is None and bool(batch)
+        if batch and refused is None and not sync_after:
             try:
                 self.spool.sync()
             except OSError as exc:
-                self._sync_failures += 1
+                self._failed_sync(exc)
                 for i, item in enumerate(batch):
-                    if errors[i] is None:
+                    with contextlib.suppress(OSError):
                         self.spool.discard(item.message.queue_id)
-                        errors[i] = exc
+                    errors[i] = exc
         ready = [item.message for item, error in zip(batch, errors, strict=True) if error is None]
         durable = not sync_after and (bool(ready) or any(w.durable for w in writes))
         insert_error: Exception | None = None
@@ -637,6 +643,9 @@ class QueueService:
                     except Exception as exc:
                         insert_error = exc
                 for write in writes:
+                    if refused is not None and write.durable:
+                        outcomes.append((False, refused))
+                        continue
                     try:
                         outcomes.append((True, write.call()))
                     except Exception as exc:
@@ -650,7 +659,7 @@ class QueueService:
             try:
                 self.spool.sync()
             except OSError as exc:
-                self._sync_failures += 1
+                self._failed_sync(exc)
                 # Nothing of this batch is known durable: refuse its messages (taking their
                 # rows out again) and fail the writes that needed durability.
                 if ready and insert_error is None:
@@ -664,10 +673,19 @@ class QueueService:
             log.error("queue index commit failed for %d messages: %s", len(ready), insert_error)
             for i, error in enumerate(errors):
                 if error is None:
-                    self.spool.discard(batch[i].message.queue_id)
+                    with contextlib.suppress(OSError):
+                        self.spool.discard(batch[i].message.queue_id)
                     errors[i] = insert_error
         self.commit_batches += 1
         return errors, outcomes
+
+    def _failed_sync(self, exc: OSError) -> None:
+        """Note the first failed spool sync: from now on the queue refuses (fail-stop)."""
+        if self._sync_failure is None:
+            self._sync_failure = exc
+            log.critical("queue: %s of the spool failed (%s): refusing new mail (451) and "
+                         "delivery results until Pigeon is restarted", self.spool.sync_method,
+                         exc)
 
     # -- DSNs ------------------------------------------------------------------------------------
 

@@ -209,6 +209,50 @@ async def test_a_failed_directory_fsync_fails_the_files_written_while_it_ran(
         FAILED, FAILED]
 
 
+@pytest.mark.parametrize("sync", ["syncfs", "fsync"])
+async def test_after_a_failed_sync_the_queue_refuses_until_restarted(
+        tmp_path: Path, clock: Clock, monkeypatch: pytest.MonkeyPatch, sync: str) -> None:
+    if sync == "syncfs" and not syncfs_available():
+        pytest.skip("syncfs(2) needs Linux 5.17+")
+    failures = [OSError(5, "Input/output error")]
+
+    def fail_once(real: Any) -> Any:
+        def sync_call(*args: Any) -> None:
+            if failures:
+                raise failures.pop()
+            real(*args)
+        return sync_call
+
+    monkeypatch.setattr(durability, "sync_filesystem", fail_once(durability.sync_filesystem))
+    monkeypatch.setattr(spool_module, "fsync_directory", fail_once(spool_module.fsync_directory))
+
+    def new_service() -> QueueService:
+        return QueueService(make_settings(tmp_path, sync=sync), router=TableRouter(),  # type: ignore[arg-type]
+                            agents={"local": ScriptedAgent()}, clock=clock)
+
+    service = new_service()
+    await service.start(scheduler=False)
+    try:
+        for _ in range(2):
+            with pytest.raises(ReplyError) as info:
+                await service.enqueue_bytes(envelope(), CONTENT)
+            assert str(info.value.reply) == FAILED
+        assert failures == []  # the first failed its sync, the second was refused without one
+        with pytest.raises(OSError, match="an earlier spool sync failed"):
+            await service.write(lambda: "durable", True)
+        assert await service.write(lambda: "not durable", False) == "not durable"
+        assert (os.listdir(tmp_path / "spool" / "queue"), service.store.queue_ids()) == ([], [])
+    finally:
+        await service.stop()
+    service = new_service()  # a restart: recovery reads the disk again, and mail is taken
+    await service.start(scheduler=False)
+    try:
+        queue_id = await service.enqueue_bytes(envelope(), CONTENT)
+        assert service.store.queue_ids() == [queue_id]
+    finally:
+        await service.stop()
+
+
 @pytest.mark.server_sync("fsync")
 async def test_a_failing_place_takes_its_files_back_and_the_queue_goes_on(
         harness: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
