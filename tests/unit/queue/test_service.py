@@ -33,6 +33,17 @@ from .conftest import (
     started_queue,
 )
 
+FAILED = "451 4.3.0 Requested action aborted: error in queue storage"
+
+# The sync a test makes fail, per [server] sync: (module, function) to replace.
+SYNC_FAILURES = [
+    pytest.param(durability, "sync_filesystem", id="syncfs", marks=[
+        pytest.mark.skipif(not syncfs_available(), reason="syncfs(2) needs Linux 5.17+"),
+        pytest.mark.server_sync("syncfs")]),
+    pytest.param(spool_module, "fsync_directory", id="fsync",
+                 marks=pytest.mark.server_sync("fsync")),
+]
+
 
 async def test_group_commit_shares_one_transaction(harness: Harness) -> None:
     store, service = harness.store, harness.service
@@ -122,29 +133,13 @@ async def test_the_next_batch_is_placed_while_one_commits(harness: Harness) -> N
     assert store.queue_ids() == sorted(ids)
 
 
-@pytest.mark.server_sync("fsync")
-async def test_failed_directory_fsync_fails_the_whole_batch(
-        harness: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
-    def fsync_directory(path: Path) -> None:
-        raise OSError(5, "Input/output error")
-
-    monkeypatch.setattr(spool_module, "fsync_directory", fsync_directory)
-    results = await asyncio.gather(*(harness.send() for _ in range(3)), return_exceptions=True)
-    assert [str(r.reply) for r in results if isinstance(r, ReplyError)] == [
-        "451 4.3.0 Requested action aborted: error in queue storage"] * 3
-    spool = harness.data_dir / "spool"
-    assert (os.listdir(spool / "tmp"), os.listdir(spool / "queue")) == ([], [])
-    assert harness.store.queue_ids() == []
-
-
 async def sync_fails_while_the_next_batch_is_written(
-        harness: Harness, monkeypatch: pytest.MonkeyPatch, target: Any, name: str,
-        ) -> tuple[object, object]:
+        harness: Harness, monkeypatch: pytest.MonkeyPatch, target: Any, name: str) -> None:
     """Batch A's sync runs while batch B's file is written, and fails on B's page.
 
     The fake sync models the kernel: it writes back every file of queue/ not yet written
     back and reports a failed write-back ONCE, so a later sync succeeds although B's data
-    is lost. Returns what A's and B's enqueues gave.
+    is lost. Both A and B must get 451 and leave nothing.
     """
     service = harness.service
     queue_dir = service.spool.queue_dir
@@ -182,31 +177,16 @@ async def sync_fails_while_the_next_batch_is_written(
     writer_b.write(CONTENT)
     bad.add(writer_b.queue_id)
     b = asyncio.create_task(service.enqueue(envelope(), writer_b))
-    result_a, result_b = await asyncio.gather(a, b, return_exceptions=True)
+    results = await asyncio.gather(a, b, return_exceptions=True)
+    assert [str(r.reply) if isinstance(r, ReplyError) else r for r in results] == [
+        FAILED, FAILED]
     assert (os.listdir(queue_dir), harness.store.queue_ids()) == ([], [])
-    return result_a, result_b
 
 
-FAILED = "451 4.3.0 Requested action aborted: error in queue storage"
-
-
-@pytest.mark.skipif(not syncfs_available(), reason="syncfs(2) needs Linux 5.17+")
-@pytest.mark.server_sync("syncfs")
-async def test_a_failed_syncfs_fails_the_files_written_while_it_ran(
-        harness: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
-    results = await sync_fails_while_the_next_batch_is_written(
-        harness, monkeypatch, durability, "sync_filesystem")
-    assert [str(r.reply) if isinstance(r, ReplyError) else r for r in results] == [
-        FAILED, FAILED]
-
-
-@pytest.mark.server_sync("fsync")
-async def test_a_failed_directory_fsync_fails_the_files_written_while_it_ran(
-        harness: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
-    results = await sync_fails_while_the_next_batch_is_written(
-        harness, monkeypatch, spool_module, "fsync_directory")
-    assert [str(r.reply) if isinstance(r, ReplyError) else r for r in results] == [
-        FAILED, FAILED]
+@pytest.mark.parametrize(("target", "name"), SYNC_FAILURES)
+async def test_a_failed_sync_fails_the_files_written_while_it_ran(
+        harness: Harness, monkeypatch: pytest.MonkeyPatch, target: Any, name: str) -> None:
+    await sync_fails_while_the_next_batch_is_written(harness, monkeypatch, target, name)
 
 
 @pytest.mark.parametrize("sync", ["syncfs", "fsync"])
@@ -395,20 +375,24 @@ async def test_syncfs_makes_the_batch_durable_before_the_index_commit(
     assert all((spool / "queue" / q).read_bytes().endswith(CONTENT) for q in ids)
 
 
-@pytest.mark.skipif(not syncfs_available(), reason="syncfs(2) needs Linux 5.17+")
-@pytest.mark.server_sync("syncfs")
-async def test_failed_syncfs_fails_the_whole_batch(harness: Harness,
-                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    def syncfs(path: Path, fd: int) -> None:
+async def a_failing_sync_fails_the_whole_batch(
+        harness: Harness, monkeypatch: pytest.MonkeyPatch, target: Any, name: str) -> None:
+    """Every sync fails: the three enqueues of one batch get 451 and leave nothing."""
+    def sync(*args: Any) -> None:
         raise OSError(5, "Input/output error")
 
-    monkeypatch.setattr(durability, "sync_filesystem", syncfs)
+    monkeypatch.setattr(target, name, sync)
     results = await asyncio.gather(*(harness.send() for _ in range(3)), return_exceptions=True)
-    assert [str(r.reply) for r in results if isinstance(r, ReplyError)] == [
-        "451 4.3.0 Requested action aborted: error in queue storage"] * 3
+    assert [str(r.reply) if isinstance(r, ReplyError) else r for r in results] == [FAILED] * 3
     spool = harness.data_dir / "spool"
     assert (os.listdir(spool / "tmp"), os.listdir(spool / "queue")) == ([], [])
     assert harness.store.queue_ids() == []
+
+
+@pytest.mark.parametrize(("target", "name"), SYNC_FAILURES)
+async def test_a_failed_sync_fails_the_whole_batch(
+        harness: Harness, monkeypatch: pytest.MonkeyPatch, target: Any, name: str) -> None:
+    await a_failing_sync_fails_the_whole_batch(harness, monkeypatch, target, name)
 
 
 def test_sync_method_resolution(monkeypatch: pytest.MonkeyPatch) -> None:
