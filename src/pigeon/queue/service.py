@@ -615,10 +615,7 @@ class QueueService:
         if self._sync_failure is not None:  # fail-stop: see the module docstring
             refused = OSError(errno.EIO, f"an earlier spool sync failed "
                                          f"({self._sync_failure}); restart Pigeon")
-            for i, item in enumerate(batch):
-                with contextlib.suppress(OSError):
-                    self.spool.discard(item.message.queue_id)
-                errors[i] = refused
+            self._take_back(batch, errors, refused)
             if batch:
                 log.error("queue: refused %d messages: %s", len(batch), refused)
         sync_after = self._index_on_spool_fs and refused is None and bool(batch)
@@ -627,10 +624,7 @@ class QueueService:
                 self.spool.sync()
             except OSError as exc:
                 self._failed_sync(exc)
-                for i, item in enumerate(batch):
-                    with contextlib.suppress(OSError):
-                        self.spool.discard(item.message.queue_id)
-                    errors[i] = exc
+                self._take_back(batch, errors, exc)
         ready = [item.message for item, error in zip(batch, errors, strict=True) if error is None]
         durable = not sync_after and (bool(ready) or any(w.durable for w in writes))
         insert_error: Exception | None = None
@@ -671,13 +665,19 @@ class QueueService:
                             for write, (ok, value) in zip(writes, outcomes, strict=True)]
         if ready and insert_error is not None:
             log.error("queue index commit failed for %d messages: %s", len(ready), insert_error)
-            for i, error in enumerate(errors):
-                if error is None:
-                    with contextlib.suppress(OSError):
-                        self.spool.discard(batch[i].message.queue_id)
-                    errors[i] = insert_error
+            self._take_back(batch, errors, insert_error)
         self.commit_batches += 1
         return errors, outcomes
+
+    def _take_back(self, batch: list[_Pending], errors: list[BaseException | None],
+                   error: BaseException) -> None:
+        """Refuse each enqueue of ``batch`` not failed yet: remove its spool file (nobody
+        was answered) and set its entry of ``errors`` to ``error``."""
+        for i, item in enumerate(batch):
+            if errors[i] is None:
+                with contextlib.suppress(OSError):
+                    self.spool.discard(item.message.queue_id)
+                errors[i] = error
 
     def _failed_sync(self, exc: OSError) -> None:
         """Note the first failed spool sync: from now on the queue refuses (fail-stop)."""
